@@ -1,0 +1,2 @@
+//! Authentication: who is calling. Only verified bearer JWTs count.
+pub mod jwt;

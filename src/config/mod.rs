@@ -1,0 +1,5 @@
+//! Configuration: raw files -> validated settings and a compiled rules snapshot.
+pub mod diag;
+pub mod duration;
+pub mod rules;
+pub mod settings;

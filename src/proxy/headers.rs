@@ -1,0 +1,157 @@
+//! Header hygiene: what a client sends is never allowed to speak for the gateway, and
+//! connection-level headers never cross the proxy.
+
+use http::header::{self, HeaderMap, HeaderName};
+
+use crate::error::GatewayError;
+
+/// Hop-by-hop headers (RFC 9110 7.6.1) plus the legacy ones proxies must not forward.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "http2-settings",
+];
+
+/// Headers that ask a server to treat the request as another method or URL.
+const OVERRIDES: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
+];
+
+/// Identity and client-address headers only the gateway may set.
+const GATEWAY_OWNED: &[&str] = &[
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-real-ip",
+    "x-request-id",
+];
+
+/// `X_Phigate_User`, `x.phigate.user`, `X-PHIGATE-USER` all normalise to `x-phigate-user`:
+/// some upstream frameworks fold `_` and `.` into `-`, so every spelling is ours.
+fn is_phigate_header(name: &str) -> bool {
+    let folded: String = name
+        .chars()
+        .map(|c| match c {
+            '_' | '.' => '-',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect();
+    folded.starts_with("x-phigate-") || folded == "x-phigate"
+}
+
+/// Checks a client's request headers for things that make the request ambiguous.
+pub fn check_request_headers(h: &HeaderMap) -> Result<(), GatewayError> {
+    if h.get_all(header::AUTHORIZATION).iter().count() > 1 {
+        return Err(GatewayError::BadRequest(
+            "more than one Authorization header",
+        ));
+    }
+    if h.get_all(header::HOST).iter().count() > 1 {
+        return Err(GatewayError::BadRequest("more than one Host header"));
+    }
+    Ok(())
+}
+
+/// Removes everything a client may not forward. `keep_authorization` is the upstream's choice.
+pub fn sanitize_request_headers(h: &mut HeaderMap, keep_authorization: bool) {
+    remove_connection_listed(h);
+    for name in HOP_BY_HOP.iter().chain(OVERRIDES).chain(GATEWAY_OWNED) {
+        h.remove(*name);
+    }
+    h.remove(header::HOST);
+    if !keep_authorization {
+        h.remove(header::AUTHORIZATION);
+    }
+    let ours: Vec<HeaderName> = h
+        .keys()
+        .filter(|k| is_phigate_header(k.as_str()))
+        .cloned()
+        .collect();
+    for k in ours {
+        h.remove(k);
+    }
+}
+
+/// Removes hop-by-hop headers from an upstream response.
+pub fn sanitize_response_headers(h: &mut HeaderMap) {
+    remove_connection_listed(h);
+    for name in HOP_BY_HOP {
+        h.remove(*name);
+    }
+}
+
+fn remove_connection_listed(h: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in listed {
+        // Never let `Connection: authorization`-style tricks strip what we add later; they
+        // only remove client headers here.
+        h.remove(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn strips_every_spelling_of_our_headers() {
+        let mut h = HeaderMap::new();
+        for n in [
+            "x-phigate-user",
+            "X_Phigate_User",
+            "x.phigate.user",
+            "X-PHIGATE-DATA-ACCESS",
+            "x_phigate_route",
+        ] {
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_static("evil"),
+            );
+        }
+        h.insert("x-other", HeaderValue::from_static("ok"));
+        sanitize_request_headers(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-other"));
+    }
+
+    #[test]
+    fn strips_connection_listed_and_overrides() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("close, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("x-http-method-override", HeaderValue::from_static("DELETE"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        h.insert("authorization", HeaderValue::from_static("Bearer t"));
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        sanitize_request_headers(&mut h, false);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["accept"]);
+    }
+
+    #[test]
+    fn rejects_duplicate_authorization() {
+        let mut h = HeaderMap::new();
+        h.append("authorization", HeaderValue::from_static("Bearer a"));
+        h.append("authorization", HeaderValue::from_static("Bearer b"));
+        assert!(check_request_headers(&h).is_err());
+    }
+}

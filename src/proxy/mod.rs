@@ -1,0 +1,325 @@
+//! The request's way through the gateway, one phase after another, each reading and filling
+//! the same per-request context: check -> route -> authenticate -> authorize -> forward ->
+//! filter response -> audit.
+
+pub mod headers;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use http::{header, HeaderValue, Method, Request, Response, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::access::{PermissionVerdict, Resolved};
+use crate::auth::jwt::{Identity, JwtVerifier};
+use crate::config::rules::{Route, RuleSnapshot};
+use crate::config::settings::Settings;
+use crate::error::{Body, BoxError, GatewayError};
+use crate::routing::canonical::canonical_path;
+use crate::routing::matcher::RouteMatch;
+use upstream::Upstream;
+
+/// The shared state every request reads.
+pub struct Gateway {
+    pub settings: Arc<Settings>,
+    pub rules: Arc<ArcSwap<RuleSnapshot>>,
+    pub jwt: JwtVerifier,
+    pub upstreams: Vec<Upstream>,
+    request_seq: AtomicU64,
+    id_prefix: String,
+}
+
+/// What one request accumulates on its way through; the audit record is made from it.
+pub struct RequestCtx {
+    pub request_id: String,
+    pub started: Instant,
+    pub peer: SocketAddr,
+    pub method: Method,
+    /// The snapshot this request started with; it finishes on it, whatever reloads happen.
+    pub rules: Arc<RuleSnapshot>,
+    pub canonical_path: Option<String>,
+    pub route: Option<usize>,
+    pub identity: Option<Arc<Identity>>,
+    pub resolved: Option<Arc<Resolved>>,
+    pub verdicts: Vec<PermissionVerdict>,
+    pub upstream_status: Option<u16>,
+}
+
+impl RequestCtx {
+    pub fn route<'a>(&'a self) -> Option<&'a Route> {
+        self.route.map(|i| &self.rules.routes[i])
+    }
+}
+
+impl Gateway {
+    pub fn new(
+        settings: Arc<Settings>,
+        rules: Arc<ArcSwap<RuleSnapshot>>,
+        jwt: JwtVerifier,
+        upstreams: Vec<Upstream>,
+    ) -> Self {
+        // A per-process random prefix keeps request ids unique across restarts.
+        let mut rnd = [0u8; 6];
+        let _ = aws_lc_rs::rand::fill(&mut rnd);
+        Gateway {
+            settings,
+            rules,
+            jwt,
+            upstreams,
+            request_seq: AtomicU64::new(0),
+            id_prefix: crate::config::rules::hex(&rnd),
+        }
+    }
+
+    /// Serves one request: never fails, every refusal is a response.
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let mut ctx = RequestCtx {
+            request_id: format!(
+                "{}-{:x}",
+                self.id_prefix,
+                self.request_seq.fetch_add(1, Ordering::Relaxed)
+            ),
+            started: Instant::now(),
+            peer,
+            method: req.method().clone(),
+            rules: self.rules.load_full(),
+            canonical_path: None,
+            route: None,
+            identity: None,
+            resolved: None,
+            verdicts: Vec::new(),
+            upstream_status: None,
+        };
+        match self.phases(&mut ctx, req).await {
+            Ok(mut resp) => {
+                if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
+                    resp.headers_mut().insert("x-request-id", v);
+                }
+                crate::audit::record(&ctx, resp.status(), None);
+                resp
+            }
+            Err(e) => {
+                let resp = e.to_response(&ctx.request_id);
+                crate::audit::record(&ctx, resp.status(), Some(&e));
+                resp
+            }
+        }
+    }
+
+    async fn phases(
+        &self,
+        ctx: &mut RequestCtx,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, GatewayError> {
+        let canonical = check_request(&req)?;
+        ctx.canonical_path = Some(canonical.clone());
+        let route_ix = self.route(ctx, &canonical)?;
+        ctx.route = Some(route_ix);
+        let rules = ctx.rules.clone();
+        let route = &rules.routes[route_ix];
+        if !route.public {
+            let identity = self
+                .jwt
+                .verify_header(req.headers().get(header::AUTHORIZATION))
+                .map_err(GatewayError::Unauthenticated)?;
+            ctx.identity = Some(identity);
+            self.authorize(ctx, route)?;
+        }
+        if is_upgrade(&req) {
+            return Err(GatewayError::Forbidden {
+                route: route.name.clone(),
+                missing: Vec::new(),
+                detail: "protocol upgrades (WebSocket and others) are not proxied".into(),
+            });
+        }
+        self.forward(ctx, route, &canonical, req).await
+    }
+
+    /// Route phase: the most specific route, or a refusal (default deny).
+    fn route(&self, ctx: &RequestCtx, canonical: &str) -> Result<usize, GatewayError> {
+        match ctx.rules.matcher.find(&ctx.method, canonical) {
+            RouteMatch::Found(ix) => Ok(ix),
+            RouteMatch::NotFound => Err(GatewayError::NoRoute),
+            RouteMatch::MethodNotAllowed(allowed) => Err(GatewayError::MethodNotAllowed(allowed)),
+            RouteMatch::Ambiguous(ids) => {
+                let names: Vec<&str> = ids
+                    .iter()
+                    .map(|i| ctx.rules.routes[*i].name.as_str())
+                    .collect();
+                tracing::error!(routes = ?names, "two path_regex routes match one request; refused");
+                Err(GatewayError::AmbiguousRoute)
+            }
+        }
+    }
+
+    /// Authorize phase: every required permission granted, and no inline deny.
+    fn authorize(&self, ctx: &mut RequestCtx, route: &Route) -> Result<(), GatewayError> {
+        let identity = ctx
+            .identity
+            .as_ref()
+            .expect("authenticated before authorize");
+        let resolved = ctx.rules.access.resolve(&identity.user);
+        ctx.verdicts = resolved.check(&route.require);
+        ctx.resolved = Some(resolved);
+        let missing: Vec<String> = ctx
+            .verdicts
+            .iter()
+            .filter_map(|v| match v {
+                PermissionVerdict::Granted { .. } => None,
+                PermissionVerdict::Denied { permission, .. }
+                | PermissionVerdict::NotGranted { permission } => Some(permission.clone()),
+            })
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            let denied = ctx
+                .verdicts
+                .iter()
+                .any(|v| matches!(v, PermissionVerdict::Denied { .. }));
+            Err(GatewayError::Forbidden {
+                route: route.name.clone(),
+                detail: format!(
+                    "route '{}' requires {}{}",
+                    route.name,
+                    missing.join(", "),
+                    if denied {
+                        " (explicitly denied)"
+                    } else {
+                        " (not granted)"
+                    }
+                ),
+                missing,
+            })
+        }
+    }
+
+    /// Forward phase: one canonical path, sanitized headers, the gateway's identity headers.
+    async fn forward(
+        &self,
+        ctx: &mut RequestCtx,
+        route: &Route,
+        canonical: &str,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, GatewayError> {
+        let upstream = &self.upstreams[route.upstream];
+        let us = &upstream.settings;
+        let (parts, body) = req.into_parts();
+        if let Some(len) = parts.headers.get(header::CONTENT_LENGTH) {
+            let len: u64 = len
+                .to_str()
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or(GatewayError::BadRequest("invalid Content-Length"))?;
+            if len > self.settings.limits.max_request_body {
+                return Err(GatewayError::PayloadTooLarge);
+            }
+        }
+        let mut path_and_query = format!("{}{}", us.base_path, canonical);
+        if let Some(q) = parts.uri.query() {
+            path_and_query.push('?');
+            path_and_query.push_str(q);
+        }
+        let uri = Uri::builder()
+            .scheme(us.scheme.clone())
+            .authority(us.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| GatewayError::BadRequest("request target cannot be forwarded"))?;
+        let mut headers = parts.headers;
+        let original_host = parts.uri.authority().map(|a| a.to_string()).or_else(|| {
+            headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        });
+        headers::sanitize_request_headers(&mut headers, us.forward_authorization);
+        let add = |h: &mut http::HeaderMap, name: &'static str, value: &str| {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                h.insert(name, v);
+            }
+        };
+        add(&mut headers, "x-forwarded-for", &ctx.peer.ip().to_string());
+        add(&mut headers, "x-forwarded-proto", "https");
+        if let Some(host) = &original_host {
+            add(&mut headers, "x-forwarded-host", host);
+        }
+        add(&mut headers, "x-request-id", &ctx.request_id);
+        add(&mut headers, "x-phigate-route", &route.name);
+        if let (Some(id), Some(res)) = (&ctx.identity, &ctx.resolved) {
+            add(&mut headers, "x-phigate-user", &id.user);
+            add(
+                &mut headers,
+                "x-phigate-data-access",
+                res.data_access.as_str(),
+            );
+        }
+        let limit = self.settings.limits.max_request_body as usize;
+        let body: Body = http_body_util::Limited::new(body, limit)
+            .map_err(BoxError::from)
+            .boxed_unsync();
+        let mut out = Request::new(body);
+        *out.method_mut() = parts.method;
+        *out.uri_mut() = uri;
+        *out.headers_mut() = headers;
+        *out.version_mut() = Version::HTTP_11;
+
+        let sent = tokio::time::timeout(us.timeout, upstream.client.request(out)).await;
+        let resp = match sent {
+            Err(_) => return Err(GatewayError::UpstreamTimeout),
+            Ok(Err(e)) => {
+                tracing::warn!(upstream = %us.name, error = %e, "upstream request failed");
+                return Err(GatewayError::UpstreamUnavailable);
+            }
+            Ok(Ok(resp)) => resp,
+        };
+        ctx.upstream_status = Some(resp.status().as_u16());
+        let (mut parts, body) = resp.into_parts();
+        headers::sanitize_response_headers(&mut parts.headers);
+        parts.version = Version::HTTP_11;
+        Ok(Response::from_parts(
+            parts,
+            body.map_err(BoxError::from).boxed_unsync(),
+        ))
+    }
+}
+
+fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.headers().contains_key(header::UPGRADE) || req.method() == Method::CONNECT
+}
+
+/// Request-line and Host checks, then the canonical path.
+fn check_request(req: &Request<Incoming>) -> Result<String, GatewayError> {
+    if req.method() == Method::CONNECT {
+        return Err(GatewayError::BadRequest("CONNECT is not supported"));
+    }
+    headers::check_request_headers(req.headers())?;
+    let uri = req.uri();
+    let host_header = req.headers().get(header::HOST);
+    if req.version() == Version::HTTP_2 {
+        // h2: `:authority` is the authority; a Host header, if any, must agree.
+        match (uri.authority(), host_header) {
+            (None, None) => return Err(GatewayError::BadRequest("missing :authority")),
+            (Some(a), Some(h)) if h.as_bytes() != a.as_str().as_bytes() => {
+                return Err(GatewayError::BadRequest("Host conflicts with :authority"))
+            }
+            _ => {}
+        }
+    } else {
+        // HTTP/1.x: only origin-form targets; absolute form is a proxy request we do not serve.
+        if uri.scheme().is_some() || uri.authority().is_some() {
+            return Err(GatewayError::BadRequest(
+                "absolute-form request targets are not accepted",
+            ));
+        }
+        if host_header.is_none_or(|h| h.is_empty()) {
+            return Err(GatewayError::BadRequest("missing Host header"));
+        }
+    }
+    canonical_path(uri.path()).map_err(GatewayError::BadPath)
+}
