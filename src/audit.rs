@@ -84,6 +84,6 @@ mod tests {
     #[test]
     fn formats_timestamps() {
         assert_eq!(super::rfc3339(0, 0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(super::rfc3339(1_795_000_000, 5), "2026-11-18T09:06:40.005Z");
+        assert_eq!(super::rfc3339(1_795_000_000, 5), "2026-11-18T11:06:40.005Z");
     }
 }

@@ -62,7 +62,7 @@ pub fn route(method: &Method, path: &str) -> Response<Body> {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .find(|p| p["id"].to_string() == *id)
+                .find(|p| p["id"].as_u64().is_some_and(|n| id.parse() == Ok(n)))
             {
                 Some(p) => json_response(StatusCode::OK, p),
                 None => json_response(

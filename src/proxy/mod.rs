@@ -51,7 +51,7 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
-    pub fn route<'a>(&'a self) -> Option<&'a Route> {
+    pub fn route(&self) -> Option<&Route> {
         self.route.map(|i| &self.rules.routes[i])
     }
 }

@@ -1,0 +1,13 @@
+//! One integration-test binary (like ripgrep's): real TLS, real HTTP, real JWTs, a real
+//! upstream on loopback.
+
+// Shared by all modules; not every module uses every helper.
+#[allow(dead_code)]
+mod support;
+
+mod check_cli;
+mod headers;
+mod matrix;
+mod paths;
+mod tokens;
+mod upstream_faults;
