@@ -8,6 +8,9 @@ use crate::access::PermissionVerdict;
 use crate::error::GatewayError;
 use crate::proxy::RequestCtx;
 
+/// Long lists are cut so one record stays one reasonable line; the count is always whole.
+const MAX_AUDIT_PATHS: usize = 200;
+
 /// Builds the audit record of a finished request.
 pub fn build(
     ctx: &RequestCtx,
@@ -38,6 +41,9 @@ pub fn build(
         "decision": if refusal.is_some() { "deny" } else { "allow" },
         "reason": refusal.map_or(if route.is_some_and(|r| r.public) { "public_route" } else { "granted" }, |e| e.reason()),
         "granted_by": granted_by,
+        "masked_count": ctx.masked.as_ref().map(|m| m.count),
+        "masked_paths": ctx.masked.as_ref().map(|m| m.paths.iter().take(MAX_AUDIT_PATHS).collect::<Vec<_>>()),
+        "masked_paths_truncated": ctx.masked.as_ref().is_some_and(|m| m.paths.len() > MAX_AUDIT_PATHS),
         "status": status.as_u16(),
         "upstream_status": ctx.upstream_status,
         "latency_ms": ctx.started.elapsed().as_secs_f64() * 1000.0,

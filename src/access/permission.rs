@@ -92,6 +92,11 @@ impl Pattern {
     pub fn as_str(&self) -> &str {
         &self.text
     }
+
+    /// `*` or all-wildcard patterns like `*:*:*`.
+    pub fn is_catch_all(&self) -> bool {
+        self.segs.as_ref().is_none_or(|s| s.iter().all(Option::is_none))
+    }
 }
 
 impl fmt::Display for Pattern {

@@ -163,7 +163,8 @@ pub struct Route {
     pub fields: Option<String>,
     /// Content types passed through unmasked to anonymized callers (lower-case media types).
     pub passthrough_types: Vec<String>,
-    /// Some required permission is granted by a PHI-tagged policy.
+    /// Some required permission is named by a PHI-tagged policy (not merely by a
+    /// catch-all pattern such as `*`).
     pub carries_phi: bool,
     pub line: u64,
 }

@@ -2,6 +2,7 @@
 //! the same per-request context: check -> route -> authenticate -> authorize -> forward ->
 //! filter response -> audit.
 
+pub mod filter;
 pub mod headers;
 pub mod upstream;
 
@@ -20,6 +21,7 @@ use crate::auth::jwt::{Identity, JwtVerifier};
 use crate::config::rules::{Route, RuleSnapshot};
 use crate::config::settings::Settings;
 use crate::error::{Body, BoxError, GatewayError};
+use crate::masking::{FieldSet, MaskReport};
 use crate::routing::canonical::canonical_path;
 use crate::routing::matcher::RouteMatch;
 use upstream::Upstream;
@@ -47,6 +49,9 @@ pub struct RequestCtx {
     pub identity: Option<Arc<Identity>>,
     pub resolved: Option<Arc<Resolved>>,
     pub verdicts: Vec<PermissionVerdict>,
+    /// The field set this response is masked with (anonymized caller on a masked route).
+    pub mask: Option<Arc<FieldSet>>,
+    pub masked: Option<MaskReport>,
     pub upstream_status: Option<u16>,
 }
 
@@ -93,6 +98,8 @@ impl Gateway {
             identity: None,
             resolved: None,
             verdicts: Vec::new(),
+            mask: None,
+            masked: None,
             upstream_status: None,
         };
         match self.phases(&mut ctx, req).await {
@@ -129,6 +136,7 @@ impl Gateway {
                 .map_err(GatewayError::Unauthenticated)?;
             ctx.identity = Some(identity);
             self.authorize(ctx, route)?;
+            self.choose_masking(ctx, route)?;
         }
         if is_upgrade(&req) {
             return Err(GatewayError::Forbidden {
@@ -199,6 +207,39 @@ impl Gateway {
         }
     }
 
+    /// Decides whether this caller's response is masked. An anonymized caller whose access
+    /// to the route comes from a PHI-tagged policy, on a route without a field set, is
+    /// refused: nobody said what to hide.
+    fn choose_masking(&self, ctx: &mut RequestCtx, route: &Route) -> Result<(), GatewayError> {
+        let resolved = ctx.resolved.as_ref().expect("authorized before masking");
+        if resolved.data_access.sees_raw() {
+            return Ok(());
+        }
+        match &route.fields {
+            Some(set) => {
+                let set = ctx.rules.fields.as_ref().and_then(|f| f.set(set)).cloned();
+                // Validation guarantees the set exists; if not, refuse rather than pass raw.
+                ctx.mask = Some(set.ok_or_else(|| GatewayError::BadUpstreamResponse("field set missing".into()))?);
+                Ok(())
+            }
+            None => {
+                let via_phi = ctx.verdicts.iter().any(|v| matches!(v, PermissionVerdict::Granted { phi: true, .. }));
+                if via_phi {
+                    Err(GatewayError::Forbidden {
+                        route: route.name.clone(),
+                        missing: Vec::new(),
+                        detail: format!(
+                            "route '{}' carries PHI and names no field set; anonymized callers are refused",
+                            route.name
+                        ),
+                    })
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
     /// Forward phase: one canonical path, sanitized headers, the gateway's identity headers.
     async fn forward(
         &self,
@@ -210,6 +251,8 @@ impl Gateway {
         let upstream = &self.upstreams[route.upstream];
         let us = &upstream.settings;
         let (parts, body) = req.into_parts();
+        let is_head = parts.method == Method::HEAD;
+        let accept_encoding = parts.headers.get(header::ACCEPT_ENCODING).cloned();
         if let Some(len) = parts.headers.get(header::CONTENT_LENGTH) {
             let len: u64 = len
                 .to_str()
@@ -239,6 +282,9 @@ impl Gateway {
                 .map(str::to_string)
         });
         headers::sanitize_request_headers(&mut headers, us.forward_authorization);
+        if ctx.mask.is_some() {
+            filter::prepare_masked_request(&mut headers);
+        }
         let add = |h: &mut http::HeaderMap, name: &'static str, value: &str| {
             if let Ok(v) = HeaderValue::from_str(value) {
                 h.insert(name, v);
@@ -282,10 +328,23 @@ impl Gateway {
         let (mut parts, body) = resp.into_parts();
         headers::sanitize_response_headers(&mut parts.headers);
         parts.version = Version::HTTP_11;
-        Ok(Response::from_parts(
-            parts,
-            body.map_err(BoxError::from).boxed_unsync(),
-        ))
+        let resp = Response::from_parts(parts, body);
+        match ctx.mask.clone() {
+            None => Ok(resp.map(|b| b.map_err(BoxError::from).boxed_unsync())),
+            Some(set) => {
+                let job = filter::MaskJob {
+                    set,
+                    passthrough_types: &route.passthrough_types,
+                    is_head,
+                    accept_encoding,
+                    max_body: self.settings.limits.max_masked_body,
+                    max_depth: self.settings.limits.max_json_depth,
+                };
+                let filtered = job.run(resp).await?;
+                ctx.masked = filtered.report;
+                Ok(filtered.response)
+            }
+        }
     }
 }
 
