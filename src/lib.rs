@@ -10,6 +10,7 @@ pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod decision;
 pub mod demo;
 pub mod error;
 pub mod masking;

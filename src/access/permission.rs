@@ -95,7 +95,9 @@ impl Pattern {
 
     /// `*` or all-wildcard patterns like `*:*:*`.
     pub fn is_catch_all(&self) -> bool {
-        self.segs.as_ref().is_none_or(|s| s.iter().all(Option::is_none))
+        self.segs
+            .as_ref()
+            .is_none_or(|s| s.iter().all(Option::is_none))
     }
 }
 

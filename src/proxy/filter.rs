@@ -23,10 +23,18 @@ const BLOCKING_THRESHOLD: usize = 256 * 1024;
 /// Client request headers that would let the upstream answer with less than a whole,
 /// plain body (which could not be masked) are dropped on masked routes.
 pub fn prepare_masked_request(h: &mut HeaderMap) {
-    for name in [header::RANGE, header::IF_RANGE, header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE] {
+    for name in [
+        header::RANGE,
+        header::IF_RANGE,
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+    ] {
         h.remove(name);
     }
-    h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+    h.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,9 +47,18 @@ pub enum BodyKind {
 
 /// Which treatment a response's media type gets on a masked route.
 pub fn classify(content_type: Option<&HeaderValue>, passthrough: &[String]) -> BodyKind {
-    let Some(ct) = content_type else { return BodyKind::Json };
-    let Ok(ct) = ct.to_str() else { return BodyKind::Refused };
-    let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let Some(ct) = content_type else {
+        return BodyKind::Json;
+    };
+    let Ok(ct) = ct.to_str() else {
+        return BodyKind::Refused;
+    };
+    let media = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     if media.is_empty() || media == "application/json" || media == "text/plain" {
         return BodyKind::Json;
     }
@@ -54,7 +71,9 @@ pub fn classify(content_type: Option<&HeaderValue>, passthrough: &[String]) -> B
         }
     }
     let listed = passthrough.iter().any(|p| {
-        *p == media || p.strip_suffix("/*").is_some_and(|ty| media.split('/').next() == Some(ty))
+        *p == media
+            || p.strip_suffix("/*")
+                .is_some_and(|ty| media.split('/').next() == Some(ty))
     });
     if listed {
         BodyKind::Passthrough
@@ -74,14 +93,24 @@ enum Coding {
 fn content_coding(h: &HeaderMap) -> Result<Coding, GatewayError> {
     let mut codings = Vec::new();
     for v in h.get_all(header::CONTENT_ENCODING) {
-        let v = v.to_str().map_err(|_| refuse("unreadable Content-Encoding"))?;
-        for c in v.split(',').map(|c| c.trim().to_ascii_lowercase()).filter(|c| !c.is_empty()) {
+        let v = v
+            .to_str()
+            .map_err(|_| refuse("unreadable Content-Encoding"))?;
+        for c in v
+            .split(',')
+            .map(|c| c.trim().to_ascii_lowercase())
+            .filter(|c| !c.is_empty())
+        {
             match c.as_str() {
                 "identity" => {}
                 "gzip" | "x-gzip" => codings.push(Coding::Gzip),
                 "deflate" => codings.push(Coding::Deflate),
                 "br" => codings.push(Coding::Brotli),
-                _ => return Err(refuse("the upstream used a content coding the gateway cannot decode")),
+                _ => {
+                    return Err(refuse(
+                        "the upstream used a content coding the gateway cannot decode",
+                    ))
+                }
             }
         }
     }
@@ -105,7 +134,9 @@ fn decode(coding: Coding, data: Bytes, limit: u64) -> Result<Bytes, GatewayError
             .read_to_end(&mut out)
             .map_err(|_| refuse("the upstream's compressed body is corrupt"))?;
         if out.len() as u64 > limit {
-            return Err(refuse("the decompressed body exceeds the masking size limit"));
+            return Err(refuse(
+                "the decompressed body exceeds the masking size limit",
+            ));
         }
         Ok(Bytes::from(out))
     }
@@ -120,13 +151,16 @@ fn decode(coding: Coding, data: Bytes, limit: u64) -> Result<Bytes, GatewayError
 }
 
 fn accepts_gzip(accept_encoding: Option<&HeaderValue>) -> bool {
-    let Some(v) = accept_encoding.and_then(|v| v.to_str().ok()) else { return false };
+    let Some(v) = accept_encoding.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
     v.split(',').any(|item| {
         let mut parts = item.split(';');
         let coding = parts.next().unwrap_or("").trim().to_ascii_lowercase();
         let q_zero = parts.any(|p| {
             let p = p.trim().to_ascii_lowercase();
-            p.strip_prefix("q=").is_some_and(|q| q.trim().parse::<f32>().is_ok_and(|q| q == 0.0))
+            p.strip_prefix("q=")
+                .is_some_and(|q| q.trim().parse::<f32>().is_ok_and(|q| q == 0.0))
         });
         (coding == "gzip" || coding == "x-gzip") && !q_zero
     })
@@ -148,9 +182,18 @@ fn set_masked_headers(h: &mut HeaderMap) {
     for name in ["content-md5", "digest", "repr-digest", "content-digest"] {
         h.remove(name);
     }
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
-    h.insert(header::VARY, HeaderValue::from_static("Authorization, Accept-Encoding"));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-store"),
+    );
+    h.insert(
+        header::VARY,
+        HeaderValue::from_static("Authorization, Accept-Encoding"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
 }
 
 pub struct Filtered {
@@ -177,8 +220,13 @@ impl MaskJob<'_> {
         if parts.status == StatusCode::SWITCHING_PROTOCOLS {
             return Err(refuse("protocol switches are not proxied on masked routes"));
         }
-        let kind = classify(parts.headers.get(header::CONTENT_TYPE), self.passthrough_types);
-        let no_body = self.is_head || parts.status == StatusCode::NO_CONTENT || parts.status == StatusCode::NOT_MODIFIED;
+        let kind = classify(
+            parts.headers.get(header::CONTENT_TYPE),
+            self.passthrough_types,
+        );
+        let no_body = self.is_head
+            || parts.status == StatusCode::NO_CONTENT
+            || parts.status == StatusCode::NOT_MODIFIED;
         if no_body {
             // A HEAD answer would otherwise reveal the unmasked length.
             set_masked_headers(&mut parts.headers);
@@ -191,10 +239,18 @@ impl MaskJob<'_> {
             BodyKind::Refused => Err(refuse("the upstream's content type cannot be masked")),
             BodyKind::Passthrough => {
                 // Listed as safe by the route: passed through as is, but never cached shared.
-                parts.headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
-                parts.headers.insert(header::VARY, HeaderValue::from_static("Authorization"));
+                parts.headers.insert(
+                    header::CACHE_CONTROL,
+                    HeaderValue::from_static("private, no-store"),
+                );
+                parts
+                    .headers
+                    .insert(header::VARY, HeaderValue::from_static("Authorization"));
                 Ok(Filtered {
-                    response: Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync()),
+                    response: Response::from_parts(
+                        parts,
+                        body.map_err(BoxError::from).boxed_unsync(),
+                    ),
                     report: None,
                 })
             }
@@ -210,11 +266,19 @@ impl MaskJob<'_> {
                 } else {
                     set.mask_document(&plain, depth)
                 };
-                let (out, report) = masked.map_err(|e| refuse(&format!("the upstream's body is not one valid JSON value ({e})")))?;
+                let (out, report) = masked.map_err(|e| {
+                    refuse(&format!(
+                        "the upstream's body is not one valid JSON value ({e})"
+                    ))
+                })?;
                 set_masked_headers(&mut parts.headers);
                 let out = self.maybe_gzip(&mut parts.headers, out);
-                parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
-                parts.headers.insert("x-phigate-masked", HeaderValue::from(report.count));
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+                parts
+                    .headers
+                    .insert("x-phigate-masked", HeaderValue::from(report.count));
                 Ok(Filtered {
                     response: Response::from_parts(parts, full_body(out)),
                     report: Some(report),
@@ -223,26 +287,34 @@ impl MaskJob<'_> {
             BodyKind::Ndjson => {
                 let coding = content_coding(&parts.headers)?;
                 set_masked_headers(&mut parts.headers);
-                parts.headers.insert("x-phigate-masked", HeaderValue::from_static("stream"));
+                parts
+                    .headers
+                    .insert("x-phigate-masked", HeaderValue::from_static("stream"));
                 let body: Body = if coding == Coding::Identity {
-                    NdjsonMasker::new(body.map_err(BoxError::from).boxed_unsync(), self.set.clone(), self.max_body as usize, self.max_depth)
-                        .boxed_unsync()
+                    NdjsonMasker::new(
+                        body.map_err(BoxError::from).boxed_unsync(),
+                        self.set.clone(),
+                        self.max_body as usize,
+                        self.max_depth,
+                    )
+                    .boxed_unsync()
                 } else {
                     // Compressed streams are decoded whole (under the limit), then masked per line.
                     let raw = self.collect(body, &parts.headers).await?;
                     let plain = decode(coding, raw, self.max_body)?;
                     let mut out = Vec::with_capacity(plain.len());
                     for line in plain.split(|b| *b == b'\n') {
-                        let (m, _) = self
-                            .set
-                            .mask_line(line, self.max_depth)
-                            .map_err(|e| refuse(&format!("an NDJSON line is not valid JSON ({e})")))?;
+                        let (m, _) = self.set.mask_line(line, self.max_depth).map_err(|e| {
+                            refuse(&format!("an NDJSON line is not valid JSON ({e})"))
+                        })?;
                         if !m.is_empty() {
                             out.extend_from_slice(&m);
                             out.push(b'\n');
                         }
                     }
-                    parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+                    parts
+                        .headers
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
                     full_body(out)
                 };
                 Ok(Filtered {
@@ -256,12 +328,19 @@ impl MaskJob<'_> {
     /// The whole body, within the limit; an upstream failure mid-body is a 502, never a
     /// partial body.
     async fn collect(&self, body: Incoming, headers: &HeaderMap) -> Result<Bytes, GatewayError> {
-        if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
+        if let Some(len) = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+        {
             if len > self.max_body {
                 return Err(refuse("the upstream's body exceeds the masking size limit"));
             }
         }
-        match http_body_util::Limited::new(body, self.max_body as usize).collect().await {
+        match http_body_util::Limited::new(body, self.max_body as usize)
+            .collect()
+            .await
+        {
             Ok(c) => Ok(c.to_bytes()),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
                 Err(refuse("the upstream's body exceeds the masking size limit"))
@@ -275,7 +354,10 @@ impl MaskJob<'_> {
             return out;
         }
         use std::io::Write;
-        let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(out.len() / 4), flate2::Compression::fast());
+        let mut enc = flate2::write::GzEncoder::new(
+            Vec::with_capacity(out.len() / 4),
+            flate2::Compression::fast(),
+        );
         if enc.write_all(&out).is_err() {
             return out;
         }
@@ -303,12 +385,26 @@ pub struct NdjsonMasker {
 
 impl NdjsonMasker {
     pub fn new(inner: Body, set: Arc<FieldSet>, max_line: usize, max_depth: usize) -> Self {
-        NdjsonMasker { inner, set, pending: BytesMut::new(), max_line, max_depth, done: false }
+        NdjsonMasker {
+            inner,
+            set,
+            pending: BytesMut::new(),
+            max_line,
+            max_depth,
+            done: false,
+        }
     }
 
     /// Masks every complete line in `pending` (all of it when `last`).
     fn drain(&mut self, last: bool) -> Result<Option<Bytes>, BoxError> {
-        let cut = if last { self.pending.len() } else { self.pending.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1) };
+        let cut = if last {
+            self.pending.len()
+        } else {
+            self.pending
+                .iter()
+                .rposition(|b| *b == b'\n')
+                .map_or(0, |p| p + 1)
+        };
         if cut == 0 {
             return Ok(None);
         }
@@ -316,7 +412,10 @@ impl NdjsonMasker {
         let mut out = Vec::with_capacity(chunk.len());
         for line in chunk[..].split(|b| *b == b'\n') {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let (m, _) = self.set.mask_line(line, self.max_depth).map_err(|e| -> BoxError { format!("NDJSON line refused: {e}").into() })?;
+            let (m, _) = self
+                .set
+                .mask_line(line, self.max_depth)
+                .map_err(|e| -> BoxError { format!("NDJSON line refused: {e}").into() })?;
             if !m.is_empty() {
                 out.extend_from_slice(&m);
                 out.push(b'\n');
@@ -330,7 +429,10 @@ impl HttpBody for NdjsonMasker {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         loop {
             if this.done {
@@ -344,7 +446,9 @@ impl HttpBody for NdjsonMasker {
                 }
                 Poll::Ready(Some(Ok(frame))) => {
                     // Trailers are dropped: they are not masked.
-                    let Ok(data) = frame.into_data() else { continue };
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
                     this.pending.extend_from_slice(&data);
                     match this.drain(false) {
                         Err(e) => {
@@ -354,7 +458,9 @@ impl HttpBody for NdjsonMasker {
                         Ok(Some(out)) => return Poll::Ready(Some(Ok(Frame::data(out)))),
                         Ok(None) if this.pending.len() > this.max_line => {
                             this.done = true;
-                            return Poll::Ready(Some(Err("NDJSON line over the size limit".into())));
+                            return Poll::Ready(Some(
+                                Err("NDJSON line over the size limit".into()),
+                            ));
                         }
                         Ok(None) => continue,
                     }
@@ -381,18 +487,46 @@ mod tests {
         let hv = |s: &'static str| HeaderValue::from_static(s);
         let none: &[String] = &[];
         assert_eq!(classify(None, none), BodyKind::Json);
-        assert_eq!(classify(Some(&hv("application/json; charset=utf-8")), none), BodyKind::Json);
-        assert_eq!(classify(Some(&hv("application/problem+json")), none), BodyKind::Json);
-        assert_eq!(classify(Some(&hv("Application/FHIR+JSON")), none), BodyKind::Json);
+        assert_eq!(
+            classify(Some(&hv("application/json; charset=utf-8")), none),
+            BodyKind::Json
+        );
+        assert_eq!(
+            classify(Some(&hv("application/problem+json")), none),
+            BodyKind::Json
+        );
+        assert_eq!(
+            classify(Some(&hv("Application/FHIR+JSON")), none),
+            BodyKind::Json
+        );
         assert_eq!(classify(Some(&hv("text/plain")), none), BodyKind::Json);
-        assert_eq!(classify(Some(&hv("application/x-ndjson")), none), BodyKind::Ndjson);
-        assert_eq!(classify(Some(&hv("application/jsonl")), none), BodyKind::Ndjson);
-        for refused in ["text/html", "image/png", "text/event-stream", "application/octet-stream", "text/json+html"] {
-            assert_eq!(classify(Some(&HeaderValue::from_str(refused).unwrap()), none), BodyKind::Refused, "{refused}");
+        assert_eq!(
+            classify(Some(&hv("application/x-ndjson")), none),
+            BodyKind::Ndjson
+        );
+        assert_eq!(
+            classify(Some(&hv("application/jsonl")), none),
+            BodyKind::Ndjson
+        );
+        for refused in [
+            "text/html",
+            "image/png",
+            "text/event-stream",
+            "application/octet-stream",
+            "text/json+html",
+        ] {
+            assert_eq!(
+                classify(Some(&HeaderValue::from_str(refused).unwrap()), none),
+                BodyKind::Refused,
+                "{refused}"
+            );
         }
         let pt = vec!["image/*".to_string(), "application/pdf".to_string()];
         assert_eq!(classify(Some(&hv("image/png")), &pt), BodyKind::Passthrough);
-        assert_eq!(classify(Some(&hv("application/pdf")), &pt), BodyKind::Passthrough);
+        assert_eq!(
+            classify(Some(&hv("application/pdf")), &pt),
+            BodyKind::Passthrough
+        );
         assert_eq!(classify(Some(&hv("text/html")), &pt), BodyKind::Refused);
     }
 
@@ -417,14 +551,21 @@ mod tests {
         assert_eq!(content_coding(&h).unwrap(), Coding::Gzip);
         h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("zstd"));
         assert!(content_coding(&h).is_err());
-        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip, br"));
+        h.insert(
+            header::CONTENT_ENCODING,
+            HeaderValue::from_static("gzip, br"),
+        );
         assert!(content_coding(&h).is_err());
     }
 
     #[test]
     fn gzip_acceptance() {
-        assert!(accepts_gzip(Some(&HeaderValue::from_static("gzip, deflate, br"))));
-        assert!(!accepts_gzip(Some(&HeaderValue::from_static("gzip;q=0, br"))));
+        assert!(accepts_gzip(Some(&HeaderValue::from_static(
+            "gzip, deflate, br"
+        ))));
+        assert!(!accepts_gzip(Some(&HeaderValue::from_static(
+            "gzip;q=0, br"
+        ))));
         assert!(!accepts_gzip(None));
     }
 }

@@ -20,10 +20,10 @@ use crate::access::{PermissionVerdict, Resolved};
 use crate::auth::jwt::{Identity, JwtVerifier};
 use crate::config::rules::{Route, RuleSnapshot};
 use crate::config::settings::Settings;
+use crate::decision;
 use crate::error::{Body, BoxError, GatewayError};
 use crate::masking::{FieldSet, MaskReport};
 use crate::routing::canonical::canonical_path;
-use crate::routing::matcher::RouteMatch;
 use upstream::Upstream;
 
 /// The shared state every request reads.
@@ -125,7 +125,7 @@ impl Gateway {
     ) -> Result<Response<Body>, GatewayError> {
         let canonical = check_request(&req)?;
         ctx.canonical_path = Some(canonical.clone());
-        let route_ix = self.route(ctx, &canonical)?;
+        let route_ix = decision::find_route(&ctx.rules, &ctx.method, &canonical)?;
         ctx.route = Some(route_ix);
         let rules = ctx.rules.clone();
         let route = &rules.routes[route_ix];
@@ -134,9 +134,11 @@ impl Gateway {
                 .jwt
                 .verify_header(req.headers().get(header::AUTHORIZATION))
                 .map_err(GatewayError::Unauthenticated)?;
+            let authz = decision::authorize(&rules, route, &identity.user);
             ctx.identity = Some(identity);
-            self.authorize(ctx, route)?;
-            self.choose_masking(ctx, route)?;
+            ctx.resolved = Some(authz.resolved);
+            ctx.verdicts = authz.verdicts;
+            ctx.mask = authz.outcome?;
         }
         if is_upgrade(&req) {
             return Err(GatewayError::Forbidden {
@@ -146,98 +148,6 @@ impl Gateway {
             });
         }
         self.forward(ctx, route, &canonical, req).await
-    }
-
-    /// Route phase: the most specific route, or a refusal (default deny).
-    fn route(&self, ctx: &RequestCtx, canonical: &str) -> Result<usize, GatewayError> {
-        match ctx.rules.matcher.find(&ctx.method, canonical) {
-            RouteMatch::Found(ix) => Ok(ix),
-            RouteMatch::NotFound => Err(GatewayError::NoRoute),
-            RouteMatch::MethodNotAllowed(allowed) => Err(GatewayError::MethodNotAllowed(allowed)),
-            RouteMatch::Ambiguous(ids) => {
-                let names: Vec<&str> = ids
-                    .iter()
-                    .map(|i| ctx.rules.routes[*i].name.as_str())
-                    .collect();
-                tracing::error!(routes = ?names, "two path_regex routes match one request; refused");
-                Err(GatewayError::AmbiguousRoute)
-            }
-        }
-    }
-
-    /// Authorize phase: every required permission granted, and no inline deny.
-    fn authorize(&self, ctx: &mut RequestCtx, route: &Route) -> Result<(), GatewayError> {
-        let identity = ctx
-            .identity
-            .as_ref()
-            .expect("authenticated before authorize");
-        let resolved = ctx.rules.access.resolve(&identity.user);
-        ctx.verdicts = resolved.check(&route.require);
-        ctx.resolved = Some(resolved);
-        let missing: Vec<String> = ctx
-            .verdicts
-            .iter()
-            .filter_map(|v| match v {
-                PermissionVerdict::Granted { .. } => None,
-                PermissionVerdict::Denied { permission, .. }
-                | PermissionVerdict::NotGranted { permission } => Some(permission.clone()),
-            })
-            .collect();
-        if missing.is_empty() {
-            Ok(())
-        } else {
-            let denied = ctx
-                .verdicts
-                .iter()
-                .any(|v| matches!(v, PermissionVerdict::Denied { .. }));
-            Err(GatewayError::Forbidden {
-                route: route.name.clone(),
-                detail: format!(
-                    "route '{}' requires {}{}",
-                    route.name,
-                    missing.join(", "),
-                    if denied {
-                        " (explicitly denied)"
-                    } else {
-                        " (not granted)"
-                    }
-                ),
-                missing,
-            })
-        }
-    }
-
-    /// Decides whether this caller's response is masked. An anonymized caller whose access
-    /// to the route comes from a PHI-tagged policy, on a route without a field set, is
-    /// refused: nobody said what to hide.
-    fn choose_masking(&self, ctx: &mut RequestCtx, route: &Route) -> Result<(), GatewayError> {
-        let resolved = ctx.resolved.as_ref().expect("authorized before masking");
-        if resolved.data_access.sees_raw() {
-            return Ok(());
-        }
-        match &route.fields {
-            Some(set) => {
-                let set = ctx.rules.fields.as_ref().and_then(|f| f.set(set)).cloned();
-                // Validation guarantees the set exists; if not, refuse rather than pass raw.
-                ctx.mask = Some(set.ok_or_else(|| GatewayError::BadUpstreamResponse("field set missing".into()))?);
-                Ok(())
-            }
-            None => {
-                let via_phi = ctx.verdicts.iter().any(|v| matches!(v, PermissionVerdict::Granted { phi: true, .. }));
-                if via_phi {
-                    Err(GatewayError::Forbidden {
-                        route: route.name.clone(),
-                        missing: Vec::new(),
-                        detail: format!(
-                            "route '{}' carries PHI and names no field set; anonymized callers are refused",
-                            route.name
-                        ),
-                    })
-                } else {
-                    Ok(())
-                }
-            }
-        }
     }
 
     /// Forward phase: one canonical path, sanitized headers, the gateway's identity headers.
