@@ -1,5 +1,5 @@
-//! Wiring: settings + rules -> a running gateway (TLS listener, admin listener).
-//! Used by `serve`, `demo` and the integration tests alike.
+//! Wiring: settings + rules -> a running gateway (TLS listener, admin listener, rules
+//! watcher). Used by `serve`, `demo` and the integration tests alike.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -9,19 +9,24 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::audit::AuditLog;
 use crate::auth::jwt::{JwtVerifier, KeyError};
 use crate::config::diag::Diagnostics;
+use crate::config::reload::RulesHandle;
 use crate::config::rules::RuleSnapshot;
 use crate::config::settings::Settings;
 use crate::proxy::upstream::{Upstream, UpstreamError};
 use crate::proxy::Gateway;
 use crate::server::admin::AdminState;
 use crate::server::tls::TlsError;
+use crate::telemetry::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("{0}")]
     Rules(#[from] Diagnostics),
+    #[error("rule tests failed:\n{0}")]
+    RuleTests(String),
     #[error("{0}")]
     Keys(#[from] KeyError),
     #[error("{0}")]
@@ -37,20 +42,31 @@ pub struct Running {
     pub addr: SocketAddr,
     pub admin_addr: Option<SocketAddr>,
     pub rules: Arc<ArcSwap<RuleSnapshot>>,
+    pub rules_handle: Arc<RulesHandle>,
     pub gateway: Arc<Gateway>,
+    pub tls: Arc<ArcSwap<rustls::ServerConfig>>,
     admin: Arc<AdminState>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl Running {
-    /// Stops accepting, lets requests in flight finish, and waits for the listeners to end.
+    /// Stops accepting, lets requests in flight finish (up to the shutdown deadline), and
+    /// waits for the listeners to end.
     pub async fn shutdown(self) {
         self.admin.shutting_down.store(true, Ordering::Relaxed);
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = t.await;
         }
+    }
+
+    /// Reloads the rules now (SIGHUP), even if the files look unchanged.
+    pub async fn reload(&self, trigger: &'static str) -> Result<bool, String> {
+        let h = self.rules_handle.clone();
+        tokio::task::spawn_blocking(move || h.reload(trigger, true))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()))
     }
 }
 
@@ -60,7 +76,12 @@ pub async fn start(
     tls: Arc<rustls::ServerConfig>,
 ) -> Result<Running, StartError> {
     let snapshot = RuleSnapshot::load(&settings.rules_dir, &settings)?;
-    let rules = Arc::new(ArcSwap::from_pointee(snapshot));
+    let gate = crate::ruletest::gate_for(&settings.rules_dir, &settings);
+    if let Some(g) = &gate {
+        g(&snapshot).map_err(StartError::RuleTests)?;
+    }
+    let audit = Arc::new(AuditLog::open(&settings.audit)?);
+    let metrics = Arc::new(Metrics::default());
     let jwt = JwtVerifier::from_settings(&settings.jwt)?;
     let upstreams = settings
         .upstreams
@@ -68,24 +89,41 @@ pub async fn start(
         .map(Upstream::new)
         .collect::<Result<Vec<_>, _>>()?;
     let settings = Arc::new(settings);
+    let rules_handle = RulesHandle::new(
+        snapshot,
+        settings.clone(),
+        audit.clone(),
+        metrics.clone(),
+        gate,
+    );
+    let rules = rules_handle.current.clone();
     let gateway = Arc::new(Gateway::new(
         settings.clone(),
         rules.clone(),
         jwt,
         upstreams,
+        audit.clone(),
+        metrics.clone(),
     ));
     let (tx, rx) = watch::channel(false);
     let listener = crate::server::bind(settings.listen).await?;
     let addr = listener.local_addr()?;
     let tls = Arc::new(ArcSwap::new(tls));
-    let mut tasks = vec![tokio::spawn(crate::server::serve(
-        listener,
-        tls,
-        gateway.clone(),
-        rx.clone(),
-    ))];
+    let mut tasks = vec![
+        tokio::spawn(crate::server::serve(
+            listener,
+            tls.clone(),
+            gateway.clone(),
+            rx.clone(),
+        )),
+        tokio::spawn(crate::config::reload::watch(
+            rules_handle.clone(),
+            rx.clone(),
+        )),
+    ];
     let admin = Arc::new(AdminState {
-        rules: rules.clone(),
+        rules: rules_handle.clone(),
+        gateway: gateway.clone(),
         shutting_down: false.into(),
     });
     let admin_addr = match settings.admin_listen {
@@ -106,7 +144,9 @@ pub async fn start(
         addr,
         admin_addr,
         rules,
+        rules_handle,
         gateway,
+        tls,
         admin,
         shutdown: tx,
         tasks,

@@ -1,6 +1,11 @@
 //! Audit records: one JSON line per request. Paths, routes, permissions and decisions;
 //! never a token, a body or a masked value.
 
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
 use http::StatusCode;
 use serde_json::json;
 
@@ -50,9 +55,101 @@ pub fn build(
     })
 }
 
-pub fn record(ctx: &RequestCtx, status: StatusCode, refusal: Option<&GatewayError>) {
-    let rec = build(ctx, status, refusal);
-    tracing::info!(target: "phigate::audit", "{rec}");
+/// Where audit records go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditSink {
+    Stdout,
+    /// Opened for append only; never truncated or rewritten.
+    File(PathBuf),
+    /// Records are only counted (tests and `check`).
+    Discard,
+}
+
+/// The audit log: one JSON line per event. A failed write is never silent: it is counted,
+/// logged and shown on `/readyz`.
+pub struct AuditLog {
+    out: Mutex<Box<dyn Write + Send>>,
+    failures: Arc<AtomicU64>,
+    written: AtomicU64,
+}
+
+impl AuditLog {
+    pub fn open(sink: &AuditSink) -> std::io::Result<AuditLog> {
+        let out: Box<dyn Write + Send> = match sink {
+            AuditSink::Stdout => Box::new(std::io::stdout()),
+            AuditSink::File(p) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?,
+            ),
+            AuditSink::Discard => Box::new(std::io::sink()),
+        };
+        Ok(AuditLog {
+            out: Mutex::new(out),
+            failures: Arc::default(),
+            written: AtomicU64::new(0),
+        })
+    }
+
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+
+    pub fn write(&self, record: &serde_json::Value) {
+        let mut line = record.to_string();
+        line.push('\n');
+        // One write per record under the lock, so lines never interleave.
+        let result = {
+            let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+            out.write_all(line.as_bytes()).and_then(|()| out.flush())
+        };
+        match result {
+            Ok(()) => {
+                self.written.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "audit record could not be written");
+            }
+        }
+    }
+
+    pub fn request(&self, ctx: &RequestCtx, status: StatusCode, refusal: Option<&GatewayError>) {
+        self.write(&build(ctx, status, refusal));
+    }
+
+    /// One record per rules reload, successful or not.
+    pub fn reload(&self, trigger: &str, outcome: Result<(&str, u64), &str>) {
+        let rec = match outcome {
+            Ok((sha, generation)) => json!({
+                "type": "rules_reload", "ts": humantime_now(), "trigger": trigger, "outcome": "success",
+                "rules_sha256": sha, "generation": generation,
+            }),
+            Err(error) => json!({
+                "type": "rules_reload", "ts": humantime_now(), "trigger": trigger, "outcome": "failure", "error": error,
+            }),
+        };
+        self.write(&rec);
+    }
+
+    /// One record per admin action (explain, reload over the admin API).
+    pub fn admin(
+        &self,
+        action: &str,
+        user: Option<&str>,
+        allowed: bool,
+        detail: serde_json::Value,
+    ) {
+        self.write(&json!({
+            "type": "admin", "ts": humantime_now(), "action": action, "user": user,
+            "decision": if allowed { "allow" } else { "deny" }, "detail": detail,
+        }));
+    }
 }
 
 /// RFC 3339 UTC timestamp with milliseconds, without pulling in a date crate.

@@ -34,6 +34,7 @@ pub fn find_route(
 pub struct Authorization {
     pub resolved: Arc<Resolved>,
     pub verdicts: Vec<PermissionVerdict>,
+    pub cache_hit: bool,
     /// `Ok(Some(set))`: permitted, masked with `set`; `Ok(None)`: permitted, raw.
     pub outcome: Result<Option<Arc<FieldSet>>, GatewayError>,
 }
@@ -42,13 +43,14 @@ pub struct Authorization {
 /// choice. An anonymized caller whose access comes from a PHI-tagged policy, on a route
 /// without a field set, is refused: nobody said what to hide.
 pub fn authorize(rules: &RuleSnapshot, route: &Route, user: &str) -> Authorization {
-    let resolved = rules.access.resolve(user);
+    let (resolved, cache_hit) = rules.access.resolve_cached(user);
     let verdicts = resolved.check(&route.require);
     let outcome =
         permit(route, &verdicts).and_then(|()| masking(rules, route, &resolved, &verdicts));
     Authorization {
         resolved,
         verdicts,
+        cache_hit,
         outcome,
     }
 }

@@ -1,10 +1,10 @@
-//! The `phigate` command: demo, serve, check.
+//! The `phigate` command: demo, serve, check, test, explain, report.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 use phigate::config::rules::RuleSnapshot;
 use phigate::config::settings::Settings;
@@ -18,6 +18,27 @@ use phigate::config::settings::Settings;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum TableFormat {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ReportKind {
+    /// Who can reach PHI, through which policy and role, raw or masked.
+    PhiAccess,
+    /// Every user with roles, data access level and inline exceptions.
+    Review,
 }
 
 #[derive(Subcommand)]
@@ -35,15 +56,47 @@ enum Command {
         #[arg(long, default_value = "certs/dev")]
         certs: PathBuf,
     },
-    /// Run the gateway.
+    /// Run the gateway (SIGHUP reloads the rules; SIGTERM/SIGINT drain and stop).
     Serve {
         #[arg(long, default_value = "phigate.yaml")]
         config: PathBuf,
     },
-    /// Validate the config and every rule file; exit 0 when valid, 1 otherwise.
+    /// Validate the config and every rule file; print warnings. Exit 0 when valid.
     Check {
         #[arg(long, default_value = "phigate.yaml")]
         config: PathBuf,
+        /// Exit 1 on warnings too.
+        #[arg(long)]
+        strict: bool,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Run the decision tests in DIR (default: the rules directory's tests/).
+    Test {
+        dir: Option<PathBuf>,
+        #[arg(long, default_value = "phigate.yaml")]
+        config: PathBuf,
+    },
+    /// Explain the decision for one request: `explain --user U GET /api/patients/7`.
+    Explain {
+        #[arg(long, default_value = "phigate.yaml")]
+        config: PathBuf,
+        /// The caller (omit for a request without credentials).
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+        method: String,
+        path: String,
+    },
+    /// Compliance reports.
+    Report {
+        #[arg(value_enum)]
+        kind: ReportKind,
+        #[arg(long, default_value = "phigate.yaml")]
+        config: PathBuf,
+        #[arg(long, value_enum, default_value = "table")]
+        format: TableFormat,
     },
 }
 
@@ -63,132 +116,259 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+/// Settings and rules for the offline commands (no TLS, no keys needed).
+fn load(config: &Path) -> Result<(Settings, RuleSnapshot), ExitCode> {
+    let settings = Settings::load(config).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::FAILURE
+    })?;
+    let rules = RuleSnapshot::load(&settings.rules_dir, &settings).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::FAILURE
+    })?;
+    Ok((settings, rules))
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Check { config } => check(&config),
-        Command::Serve { config } => {
-            init_tracing();
-            let settings = match Settings::load(&config) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            runtime().block_on(async move {
-                let tls = match phigate::server::tls::server_config_from_files(
-                    &settings.tls_cert,
-                    &settings.tls_key,
-                ) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        eprintln!("{e}");
-                        return ExitCode::FAILURE;
-                    }
-                };
-                match phigate::app::start(settings, tls).await {
-                    Ok(running) => {
-                        wait_for_signal().await;
-                        tracing::info!("shutting down");
-                        running.shutdown().await;
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => {
-                        eprintln!("{e}");
-                        ExitCode::FAILURE
-                    }
-                }
-            })
-        }
+    let result = match cli.command {
+        Command::Check {
+            config,
+            strict,
+            format,
+        } => check(&config, strict, format),
+        Command::Serve { config } => serve(&config),
         Command::Demo {
             listen,
             admin_listen,
             rules,
             certs,
-        } => {
-            // The demo's pseudonyms need a key; a fixed development one keeps them stable.
-            if std::env::var_os("PHIGATE_PSEUDONYM_KEY").is_none() {
-                std::env::set_var(
-                    "PHIGATE_PSEUDONYM_KEY",
-                    "phigate-demo-pseudonym-key-not-for-production",
-                );
-            }
-            init_tracing();
-            runtime().block_on(async move {
-                let opts = phigate::demo::DemoOptions {
-                    listen,
-                    admin_listen,
-                    rules_dir: rules,
-                    certs_dir: certs,
-                };
-                match phigate::demo::start(opts).await {
-                    Ok((running, text)) => {
-                        println!("{text}");
-                        wait_for_signal().await;
-                        running.shutdown().await;
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => {
-                        eprintln!("demo failed to start: {e}");
-                        ExitCode::FAILURE
-                    }
-                }
-            })
-        }
+        } => demo(listen, admin_listen, rules, certs),
+        Command::Test { dir, config } => test(dir, &config),
+        Command::Explain {
+            config,
+            user,
+            format,
+            method,
+            path,
+        } => explain(&config, user, format, &method, &path),
+        Command::Report {
+            kind,
+            config,
+            format,
+        } => report(kind, &config, format),
+    };
+    result.unwrap_or_else(|code| code)
+}
+
+#[cfg(unix)]
+async fn next_signal(
+    hup: &mut tokio::signal::unix::Signal,
+    term: &mut tokio::signal::unix::Signal,
+) -> bool {
+    tokio::select! {
+        _ = hup.recv() => true,
+        _ = term.recv() => false,
+        _ = tokio::signal::ctrl_c() => false,
     }
 }
 
-fn check(config: &std::path::Path) -> ExitCode {
-    let settings = match Settings::load(config) {
-        Ok(s) => s,
-        Err(e) => {
+fn serve(config: &Path) -> Result<ExitCode, ExitCode> {
+    init_tracing();
+    let settings = Settings::load(config).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::FAILURE
+    })?;
+    runtime().block_on(async move {
+        let tls =
+            phigate::server::tls::server_config_from_files(&settings.tls_cert, &settings.tls_key)
+                .map_err(|e| {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            })?;
+        let running = phigate::app::start(settings, tls).await.map_err(|e| {
             eprintln!("{e}");
-            return ExitCode::FAILURE;
+            ExitCode::FAILURE
+        })?;
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+            while next_signal(&mut hup, &mut term).await {
+                let _ = running.reload("sighup").await;
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down: draining requests in flight");
+        running.shutdown().await;
+        tracing::info!("stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn demo(
+    listen: SocketAddr,
+    admin_listen: SocketAddr,
+    rules: Option<PathBuf>,
+    certs: PathBuf,
+) -> Result<ExitCode, ExitCode> {
+    // The demo's pseudonyms need a key; a fixed development one keeps them stable.
+    if std::env::var_os("PHIGATE_PSEUDONYM_KEY").is_none() {
+        std::env::set_var(
+            "PHIGATE_PSEUDONYM_KEY",
+            "phigate-demo-pseudonym-key-not-for-production",
+        );
+    }
+    init_tracing();
+    runtime().block_on(async move {
+        let opts = phigate::demo::DemoOptions {
+            listen,
+            admin_listen,
+            rules_dir: rules,
+            certs_dir: certs,
+        };
+        let (running, text) = phigate::demo::start(opts).await.map_err(|e| {
+            eprintln!("demo failed to start: {e}");
+            ExitCode::FAILURE
+        })?;
+        println!("{text}");
+        let _ = tokio::signal::ctrl_c().await;
+        running.shutdown().await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn check(config: &Path, strict: bool, format: Format) -> Result<ExitCode, ExitCode> {
+    let mut errors: Vec<String> = Vec::new();
+    let settings = match Settings::load(config) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            errors.extend(e.0.iter().map(|d| d.to_string()));
+            None
         }
     };
-    let mut ok = true;
-    if let Err(e) = phigate::auth::jwt::JwtVerifier::from_settings(&settings.jwt) {
-        eprintln!("{e}");
-        ok = false;
-    }
-    if let Err(e) =
-        phigate::server::tls::server_config_from_files(&settings.tls_cert, &settings.tls_key)
-    {
-        eprintln!("{e}");
-        ok = false;
-    }
-    match RuleSnapshot::load(&settings.rules_dir, &settings) {
-        Ok(snap) => println!(
-            "{}: {} routes, {} policies, {} roles, {} users; rules sha256 {}",
-            settings.rules_dir.display(),
-            snap.routes.len(),
-            snap.access.policies.len(),
-            snap.access.roles.len(),
-            snap.access.users.len(),
-            snap.sha256
-        ),
-        Err(e) => {
-            eprintln!("{e}");
-            ok = false;
+    let mut snapshot = None;
+    if let Some(settings) = &settings {
+        if let Err(e) = phigate::auth::jwt::JwtVerifier::from_settings(&settings.jwt) {
+            errors.push(e.to_string());
+        }
+        if let Err(e) =
+            phigate::server::tls::server_config_from_files(&settings.tls_cert, &settings.tls_key)
+        {
+            errors.push(e.to_string());
+        }
+        match RuleSnapshot::load(&settings.rules_dir, settings) {
+            Ok(s) => snapshot = Some(s),
+            Err(e) => errors.extend(e.0.iter().map(|d| d.to_string())),
         }
     }
-    if ok {
-        println!("ok");
+    let warnings = snapshot
+        .as_ref()
+        .map(phigate::report::warnings)
+        .unwrap_or_default();
+    let ok = errors.is_empty() && (!strict || warnings.is_empty());
+    match format {
+        Format::Json => {
+            let v = serde_json::json!({
+                "ok": ok,
+                "errors": errors,
+                "warnings": warnings,
+                "rules_sha256": snapshot.as_ref().map(|s| s.sha256.clone()),
+            });
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        }
+        Format::Text => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            for w in &warnings {
+                println!("warning[{}]: {}", w.kind, w.message);
+            }
+            if let (Some(settings), Some(s)) = (&settings, &snapshot) {
+                println!(
+                    "{}: {} routes, {} policies, {} roles, {} users, {} field sets; rules sha256 {}",
+                    settings.rules_dir.display(),
+                    s.routes.len(),
+                    s.access.policies.len(),
+                    s.access.roles.len(),
+                    s.access.users.len(),
+                    s.fields.as_ref().map_or(0, |f| f.set_names().count()),
+                    s.sha256
+                );
+            }
+            println!(
+                "{}: {} errors, {} warnings",
+                if ok { "ok" } else { "failed" },
+                errors.len(),
+                warnings.len()
+            );
+        }
+    }
+    Ok(if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    })
+}
+
+fn test(dir: Option<PathBuf>, config: &Path) -> Result<ExitCode, ExitCode> {
+    let (settings, rules) = load(config)?;
+    let dir = dir.unwrap_or_else(|| settings.rules_dir.join("tests"));
+    let report = phigate::ruletest::run_dir(&dir, &rules, &settings).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::FAILURE
+    })?;
+    print!("{}", report.render());
+    Ok(if report.failed() == 0 && !report.results.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn explain(
+    config: &Path,
+    user: Option<String>,
+    format: Format,
+    method: &str,
+    path: &str,
+) -> Result<ExitCode, ExitCode> {
+    let (_, rules) = load(config)?;
+    let method =
+        http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()).map_err(|_| {
+            eprintln!("'{method}' is not an HTTP method");
+            ExitCode::FAILURE
+        })?;
+    let e = phigate::explain::explain(&rules, user.as_deref(), &method, path);
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&e).unwrap_or_default()),
+        Format::Text => print!("{}", phigate::explain::render_text(&e)),
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report(kind: ReportKind, config: &Path, format: TableFormat) -> Result<ExitCode, ExitCode> {
+    let (_, rules) = load(config)?;
+    let out = match kind {
+        ReportKind::PhiAccess => {
+            let r = phigate::report::phi_access(&rules);
+            match format {
+                TableFormat::Table => phigate::report::phi_access_table(&r),
+                TableFormat::Json => serde_json::to_string_pretty(&r).unwrap_or_default() + "\n",
+                TableFormat::Csv => phigate::report::phi_access_csv(&r),
+            }
+        }
+        ReportKind::Review => {
+            let r = phigate::report::review(&rules);
+            match format {
+                TableFormat::Table => phigate::report::review_table(&r),
+                TableFormat::Json => serde_json::to_string_pretty(&r).unwrap_or_default() + "\n",
+                TableFormat::Csv => phigate::report::review_csv(&r),
+            }
+        }
+    };
+    print!("{out}");
+    Ok(ExitCode::SUCCESS)
 }

@@ -190,12 +190,17 @@ impl AccessModel {
 
     /// The caller's resolved permissions, cached for the life of this rules snapshot.
     pub fn resolve(&self, user: &str) -> Arc<Resolved> {
+        self.resolve_cached(user).0
+    }
+
+    /// Like `resolve`, also telling whether the answer came from the cache.
+    pub fn resolve_cached(&self, user: &str) -> (Arc<Resolved>, bool) {
         if let Some(hit) = self.cache.get(user) {
-            return hit;
+            return (hit, true);
         }
         let resolved = Arc::new(self.resolve_uncached(user));
         self.cache.insert(user.to_string(), resolved.clone());
-        resolved
+        (resolved, false)
     }
 
     pub fn resolve_uncached(&self, user: &str) -> Resolved {
@@ -252,11 +257,16 @@ impl AccessModel {
         }
     }
 
-    /// Whether a permission is granted by some PHI-tagged policy (for the PHI route checks).
+    /// Whether a PHI-tagged policy names this permission (for `check`'s PHI route warnings).
+    /// Catch-all patterns (`*`, `*:*:*`) do not count: they would make every route PHI.
     pub fn is_phi_permission(&self, p: &Permission) -> bool {
-        self.policies
-            .iter()
-            .any(|pol| pol.phi && pol.patterns.iter().any(|pat| pat.matches(p)))
+        self.policies.iter().any(|pol| {
+            pol.phi
+                && pol
+                    .patterns
+                    .iter()
+                    .any(|pat| !pat.is_catch_all() && pat.matches(p))
+        })
     }
 
     pub fn cache_entries(&self) -> u64 {

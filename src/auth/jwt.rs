@@ -245,19 +245,31 @@ impl JwtVerifier {
         &self,
         header: Option<&http::HeaderValue>,
     ) -> Result<Arc<Identity>, AuthError> {
+        self.verify_header_cached(header).map(|(id, _)| id)
+    }
+
+    /// Like `verify_header`, also telling whether the answer came from the cache.
+    pub fn verify_header_cached(
+        &self,
+        header: Option<&http::HeaderValue>,
+    ) -> Result<(Arc<Identity>, bool), AuthError> {
         let value = header.ok_or(AuthError::Missing)?;
         let value = value.to_str().map_err(|_| AuthError::NotBearer)?;
         let (scheme, token) = value.split_once(' ').ok_or(AuthError::NotBearer)?;
         if !scheme.eq_ignore_ascii_case("bearer") {
             return Err(AuthError::NotBearer);
         }
-        self.verify(token.trim())
+        self.verify_cached(token.trim())
     }
 
     pub fn verify(&self, token: &str) -> Result<Arc<Identity>, AuthError> {
+        self.verify_cached(token).map(|(id, _)| id)
+    }
+
+    fn verify_cached(&self, token: &str) -> Result<(Arc<Identity>, bool), AuthError> {
         if let Some(hit) = self.cache.get(token) {
             if now_s() < hit.exp {
-                return Ok(hit);
+                return Ok((hit, true));
             }
         }
         let id = Arc::new(self.verify_uncached(token)?);
@@ -265,7 +277,7 @@ impl JwtVerifier {
         if id.exp > now_s() {
             self.cache.insert(token.to_string(), id.clone());
         }
-        Ok(id)
+        Ok((id, false))
     }
 
     pub fn verify_uncached(&self, token: &str) -> Result<Identity, AuthError> {

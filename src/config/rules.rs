@@ -198,6 +198,12 @@ impl RuleSnapshot {
     /// Reads and compiles the rules directory. Every problem found is reported, with file,
     /// line and column; any problem means no snapshot.
     pub fn load(dir: &Path, settings: &Settings) -> Result<RuleSnapshot, Diagnostics> {
+        let sources = Self::read_sources(dir)?;
+        Self::compile(&sources, settings, &|name| std::env::var(name).ok())
+    }
+
+    /// Reads every rule file once, so one load sees one consistent version of each.
+    pub fn read_sources(dir: &Path) -> Result<RuleSources, Diagnostics> {
         let routes_file = dir.join(ROUTES_FILE);
         let access_file = dir.join(ACCESS_FILE);
         let fields_file = dir.join(FIELDS_FILE);
@@ -209,16 +215,14 @@ impl RuleSnapshot {
         } else {
             None
         };
-        let (Some(routes_text), Some(access_text)) = (routes_text, access_text) else {
-            return Err(d);
-        };
-        let sources = RuleSources {
-            routes: (routes_file, routes_text),
-            access: (access_file, access_text),
-            fields: fields_text.map(|t| (fields_file, t)),
-        };
-        d.into_result(())?;
-        Self::compile(&sources, settings, &|name| std::env::var(name).ok())
+        match (routes_text, access_text) {
+            (Some(r), Some(a)) if d.is_empty() => Ok(RuleSources {
+                routes: (routes_file, r),
+                access: (access_file, a),
+                fields: fields_text.map(|t| (fields_file, t)),
+            }),
+            _ => Err(d),
+        }
     }
 
     pub fn compile(
@@ -272,24 +276,10 @@ impl RuleSnapshot {
             })
             .collect();
         let mut files = vec![src.routes.0.clone(), src.access.0.clone()];
-        let mut hasher = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-        for (f, t) in [Some(&src.routes), Some(&src.access), src.fields.as_ref()]
-            .into_iter()
-            .flatten()
-        {
-            hasher.update(
-                f.file_name()
-                    .map(|n| n.as_encoded_bytes())
-                    .unwrap_or_default(),
-            );
-            hasher.update(&[0]);
-            hasher.update(t.as_bytes());
-            hasher.update(&[0]);
-        }
         if let Some((f, _)) = &src.fields {
             files.push(f.clone());
         }
-        let sha256 = hex(hasher.finish().as_ref());
+        let sha256 = src.sha256();
         Ok(RuleSnapshot {
             routes,
             matcher,
@@ -311,6 +301,27 @@ pub struct RuleSources {
     pub routes: (PathBuf, String),
     pub access: (PathBuf, String),
     pub fields: Option<(PathBuf, String)>,
+}
+
+impl RuleSources {
+    /// SHA-256 over the files' names and contents: the rules' version.
+    pub fn sha256(&self) -> String {
+        let mut hasher = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        for (f, t) in [Some(&self.routes), Some(&self.access), self.fields.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            hasher.update(
+                f.file_name()
+                    .map(|n| n.as_encoded_bytes())
+                    .unwrap_or_default(),
+            );
+            hasher.update(&[0]);
+            hasher.update(t.as_bytes());
+            hasher.update(&[0]);
+        }
+        hex(hasher.finish().as_ref())
+    }
 }
 
 pub fn hex(bytes: &[u8]) -> String {

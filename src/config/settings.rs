@@ -10,6 +10,7 @@ use serde_saphyr::Spanned;
 
 use super::diag::{parse_yaml, read_file, Diagnostics, Pos};
 use super::duration::{Dur, Size};
+use crate::audit::AuditSink;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -23,6 +24,27 @@ struct RawConfig {
     admin: Option<RawAdmin>,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    audit: Option<RawAudit>,
+    #[serde(default)]
+    reload: Option<RawReload>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    sink: Spanned<String>,
+    #[serde(default)]
+    path: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReload {
+    #[serde(default)]
+    poll_interval: Option<Dur>,
+    #[serde(default)]
+    debounce: Option<Dur>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -97,6 +119,7 @@ struct RawLimits {
     max_request_body: Option<Size>,
     max_masked_body: Option<Size>,
     max_json_depth: Option<usize>,
+    shutdown_deadline: Option<Dur>,
 }
 
 /// Where a JWT verification key comes from.
@@ -135,6 +158,8 @@ pub struct Limits {
     pub max_request_body: u64,
     pub max_masked_body: u64,
     pub max_json_depth: usize,
+    /// How long in-flight requests may take to finish after SIGTERM / SIGINT.
+    pub shutdown_deadline: Duration,
 }
 
 impl Default for Limits {
@@ -147,6 +172,7 @@ impl Default for Limits {
             max_request_body: 10 << 20,
             max_masked_body: 16 << 20,
             max_json_depth: 128,
+            shutdown_deadline: Duration::from_secs(30),
         }
     }
 }
@@ -163,6 +189,24 @@ pub struct Settings {
     pub jwt: JwtSettings,
     pub admin_listen: Option<SocketAddr>,
     pub limits: Limits,
+    pub audit: AuditSink,
+    pub reload: ReloadSettings,
+}
+
+/// How rule changes are noticed: a directory watch (debounced) plus a periodic poll.
+#[derive(Debug, Clone)]
+pub struct ReloadSettings {
+    pub poll_interval: Duration,
+    pub debounce: Duration,
+}
+
+impl Default for ReloadSettings {
+    fn default() -> Self {
+        ReloadSettings {
+            poll_interval: Duration::from_secs(5),
+            debounce: Duration::from_millis(150),
+        }
+    }
 }
 
 impl Settings {
@@ -307,6 +351,42 @@ impl Settings {
             max_request_body: l.max_request_body.map_or(dl.max_request_body, |x| x.0),
             max_masked_body: l.max_masked_body.map_or(dl.max_masked_body, |x| x.0),
             max_json_depth: l.max_json_depth.unwrap_or(dl.max_json_depth),
+            shutdown_deadline: l.shutdown_deadline.map_or(dl.shutdown_deadline, |x| x.0),
+        };
+        let audit = match &raw.audit {
+            None => AuditSink::Stdout,
+            Some(a) => match (a.sink.value.as_str(), &a.path) {
+                ("stdout", None) => AuditSink::Stdout,
+                ("file", Some(p)) => AuditSink::File(resolve(p)),
+                ("file", None) => {
+                    d.push(
+                        file,
+                        pos(&a.sink.referenced),
+                        "audit sink 'file' needs 'path'",
+                    );
+                    AuditSink::Stdout
+                }
+                (other, _) => {
+                    d.push(
+                        file,
+                        pos(&a.sink.referenced),
+                        format!("audit sink '{other}' is not one of: stdout, file (with path)"),
+                    );
+                    AuditSink::Stdout
+                }
+            },
+        };
+        let reload = ReloadSettings {
+            poll_interval: raw
+                .reload
+                .as_ref()
+                .and_then(|r| r.poll_interval)
+                .map_or(ReloadSettings::default().poll_interval, |x| x.0),
+            debounce: raw
+                .reload
+                .as_ref()
+                .and_then(|r| r.debounce)
+                .map_or(ReloadSettings::default().debounce, |x| x.0),
         };
 
         let settings = Settings {
@@ -319,6 +399,8 @@ impl Settings {
             jwt,
             admin_listen,
             limits,
+            audit,
+            reload,
         };
         d.into_result(settings)
     }

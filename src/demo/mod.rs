@@ -39,6 +39,7 @@ pub const USERS: &[(&str, &str)] = &[
 const EMBEDDED_RULES: &[(&str, &str)] = &[
     ("routes.yaml", include_str!("../../rules/routes.yaml")),
     ("access.yaml", include_str!("../../rules/access.yaml")),
+    ("fields.yaml", include_str!("../../rules/fields.yaml")),
 ];
 
 pub struct DemoOptions {
@@ -148,6 +149,8 @@ pub fn settings(
         },
         admin_listen: admin,
         limits: Limits::default(),
+        audit: crate::audit::AuditSink::Stdout,
+        reload: Default::default(),
     }
 }
 

@@ -1,46 +1,288 @@
-//! Placeholder until the masking engine lands.
+//! JSON masking engine: compiles the DPO's `fields.yaml` once and masks JSON
+//! documents / NDJSON lines with it.
+//!
+//! Semantics (see also `FieldSet::describe`):
+//! - All selectors (paths, `key` regexes) are evaluated against the original
+//!   document; removals are applied after each container has been walked.
+//! - When several rules select the same node, the most destructive action
+//!   wins (remove > null > redact > replace > value transforms), then field
+//!   (`path`) rules before `key` rules, then file order.
+//! - A selected node is replaced as a whole; nothing below it is examined.
+//! - The detector backstop runs on every string not selected by a rule
+//!   (pseudonym tokens of the current key are skipped).
+
+pub mod actions;
+mod config;
+#[cfg(test)]
+mod cts;
+pub mod detect;
+mod engine;
+pub mod path;
+#[cfg(test)]
+mod tests;
+
+pub use actions::{Action, Pseudonymizer, REDACTED};
+pub use path::{parse_normalized, to_pointer, Step};
+
+use detect::Detectors;
+use jsonpath_rust::parser::model::JpQuery;
+use path::FastSeg;
+use regex::Regex;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-pub struct FieldRules;
-pub struct FieldSet;
+
+/// A load error in fields.yaml (1-based line/column).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleIssue {
     pub line: u64,
     pub column: u64,
     pub message: String,
 }
-#[derive(Debug, Default, Clone)]
+
+impl std::fmt::Display for RuleIssue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "line {} column {}: {}",
+            self.line, self.column, self.message
+        )
+    }
+}
+
+/// What was masked: normalized JSONPaths (RFC 9535 §2.7), never values.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MaskReport {
     pub count: usize,
     pub paths: Vec<String>,
 }
-#[derive(Debug, thiserror::Error)]
+
+/// Why a body could not be masked. Messages never contain body content.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum MaskError {
     #[error("invalid JSON: {0}")]
     InvalidJson(String),
+    #[error("JSON nesting exceeds the depth limit")]
+    TooDeep,
+    #[error("body starts with a UTF-8 byte order mark")]
+    Bom,
+    #[error("body is not valid UTF-8")]
+    InvalidUtf8,
+    #[error("failed to serialize masked JSON")]
+    Serialize,
 }
+
+/// serde_json's own recursion limit; documents nested deeper always fail.
+pub const SERDE_JSON_DEPTH_LIMIT: usize = 128;
+
+#[derive(Debug)]
+pub(crate) struct RuleInfo {
+    pub action: Action,
+    /// Index in the set's `fields` list (file order).
+    pub position: u32,
+    pub display: String,
+}
+
+#[derive(Debug)]
+pub(crate) struct FastRule {
+    pub segs: Vec<FastSeg>,
+    /// Bit of the accepting state.
+    pub accept: u64,
+    /// States that are `..` segments (self-loop on any step).
+    pub desc_mask: u64,
+    /// States whose selectors include `*` (advance on any step).
+    pub wild_mask: u64,
+    pub rule: u32,
+}
+
+#[derive(Debug)]
+pub(crate) struct KeyRule {
+    pub re: Regex,
+    pub rule: u32,
+    /// Shortest member name that can match.
+    pub min_len: usize,
+    /// Longest matching member name, when the regex is anchored at both ends.
+    pub max_len: Option<usize>,
+}
+
+/// Names used by fast-path name selectors. Usually a handful, where a
+/// length-filtered scan beats hashing every member name.
+#[derive(Debug, Default)]
+pub(crate) struct NameSet {
+    small: Vec<String>,
+    large: HashSet<String>,
+}
+
+impl NameSet {
+    const SMALL: usize = 16;
+
+    pub fn insert(&mut self, n: &str) {
+        if self.small.iter().any(|x| x == n) || self.large.contains(n) {
+            return;
+        }
+        if self.large.is_empty() && self.small.len() < Self::SMALL {
+            self.small.push(n.to_string());
+        } else {
+            self.large.extend(self.small.drain(..));
+            self.large.insert(n.to_string());
+        }
+    }
+
+    #[inline]
+    pub fn contains(&self, n: &str) -> bool {
+        if self.large.is_empty() {
+            self.small.iter().any(|x| x.len() == n.len() && x == n)
+        } else {
+            self.large.contains(n)
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.small.is_empty() && self.large.is_empty()
+    }
+}
+
+/// One compiled set of fields.yaml.
+#[derive(Debug)]
+pub struct FieldSet {
+    name: String,
+    pub(crate) rules: Vec<RuleInfo>,
+    pub(crate) fast: Vec<FastRule>,
+    /// Every name selector used by a fast rule (skip NFA work for other keys).
+    pub(crate) fast_names: NameSet,
+    pub(crate) slow: Vec<(JpQuery, u32)>,
+    pub(crate) keys: Vec<KeyRule>,
+    pub(crate) needs_key_info: bool,
+    pub(crate) detectors: Detectors,
+    pub(crate) pseudonymizer: Option<Arc<Pseudonymizer>>,
+}
+
+/// Compiled fields.yaml.
+#[derive(Debug)]
+pub struct FieldRules {
+    owner: String,
+    sets: BTreeMap<String, Arc<FieldSet>>,
+}
+
 impl FieldRules {
+    /// Parse + validate + compile fields.yaml text. `dpo_user` is the one user
+    /// whose data_access is dpo; `key_lookup` resolves `pseudonym_key_env`.
+    /// Returns every issue found (YAML structure errors stop at the first).
     pub fn compile(
-        _yaml: &str,
-        _dpo: Option<&str>,
-        _env: &dyn Fn(&str) -> Option<String>,
+        yaml: &str,
+        dpo_user: Option<&str>,
+        key_lookup: &dyn Fn(&str) -> Option<String>,
     ) -> Result<FieldRules, Vec<RuleIssue>> {
-        Err(vec![RuleIssue {
-            line: 0,
-            column: 0,
-            message: "masking not built yet".into(),
-        }])
+        let (owner, sets) = config::compile(yaml, dpo_user, key_lookup)?;
+        Ok(FieldRules {
+            owner,
+            sets: sets.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
+        })
     }
-    pub fn set(&self, _name: &str) -> Option<&Arc<FieldSet>> {
-        None
+
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    pub fn set(&self, name: &str) -> Option<&Arc<FieldSet>> {
+        self.sets.get(name)
+    }
+
+    /// Set names in sorted order.
+    pub fn set_names(&self) -> impl Iterator<Item = &str> {
+        self.sets.keys().map(String::as_str)
     }
 }
+
+fn classify_json_error(e: &serde_json::Error) -> MaskError {
+    let msg = e.to_string();
+    if msg.starts_with("recursion limit exceeded") {
+        MaskError::TooDeep
+    } else {
+        // serde_json's messages for `Value` are fixed texts plus a position;
+        // they never echo document content.
+        MaskError::InvalidJson(msg)
+    }
+}
+
 impl FieldSet {
-    pub fn mask_document(&self, _b: &[u8], _d: usize) -> Result<(Vec<u8>, MaskReport), MaskError> {
-        Err(MaskError::InvalidJson("x".into()))
+    pub fn name(&self) -> &str {
+        &self.name
     }
-    pub fn mask_line(&self, _b: &[u8], _d: usize) -> Result<(Vec<u8>, MaskReport), MaskError> {
-        Err(MaskError::InvalidJson("x".into()))
+
+    /// Masks one JSON document. Strict: exactly one JSON value; invalid UTF-8,
+    /// a BOM, trailing non-whitespace, nesting deeper than `max_depth`
+    /// (containers counted; at most 128 in any case) and numbers out of f64
+    /// range are errors. Output is compact JSON.
+    pub fn mask_document(
+        &self,
+        body: &[u8],
+        max_depth: usize,
+    ) -> Result<(Vec<u8>, MaskReport), MaskError> {
+        if body.starts_with(b"\xEF\xBB\xBF") {
+            return Err(MaskError::Bom);
+        }
+        let text = std::str::from_utf8(body).map_err(|_| MaskError::InvalidUtf8)?;
+        let mut value: Value = serde_json::from_str(text).map_err(|e| classify_json_error(&e))?;
+        let mut report = MaskReport::default();
+        self.mask_inner(&mut value, &mut report, max_depth)?;
+        // Output is about as large as the input: avoid repeated regrowth.
+        let mut out = Vec::with_capacity(body.len());
+        serde_json::to_writer(&mut out, &value).map_err(|_| MaskError::Serialize)?;
+        Ok((out, report))
     }
+
+    /// Masks an already-parsed value in place (no depth limit).
+    pub fn mask_value(&self, value: &mut Value, report: &mut MaskReport) {
+        // Cannot fail without a depth limit.
+        let _ = self.mask_inner(value, report, usize::MAX);
+    }
+
+    /// Masks one NDJSON line (without its newline); same strictness as
+    /// `mask_document`. An empty/whitespace-only line yields empty output.
+    pub fn mask_line(
+        &self,
+        line: &[u8],
+        max_depth: usize,
+    ) -> Result<(Vec<u8>, MaskReport), MaskError> {
+        if line
+            .iter()
+            .all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+        {
+            return Ok((Vec::new(), MaskReport::default()));
+        }
+        self.mask_document(line, max_depth)
+    }
+
+    fn mask_inner(
+        &self,
+        value: &mut Value,
+        report: &mut MaskReport,
+        max_depth: usize,
+    ) -> Result<(), MaskError> {
+        let trie = engine::slow_hits(self, value);
+        let mut w = engine::Walker::new(self, report, max_depth);
+        w.run(value, trie.as_ref());
+        if w.too_deep {
+            return Err(MaskError::TooDeep);
+        }
+        Ok(())
+    }
+
+    /// Human-readable rule descriptions, e.g. `$..ssn -> redact`.
     pub fn describe(&self) -> Vec<String> {
-        vec![]
+        let mut out: Vec<String> = self.rules.iter().map(|r| r.display.clone()).collect();
+        if !self.detectors.is_empty() {
+            out.push(format!(
+                "detect in remaining strings: {}",
+                self.detectors.names().join(", ")
+            ));
+        }
+        out.push(
+            "precedence: remove > null > redact > replace > other actions; \
+             path rules before key rules; then file order"
+                .into(),
+        );
+        out
     }
 }

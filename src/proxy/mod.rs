@@ -17,6 +17,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::access::{PermissionVerdict, Resolved};
+use crate::audit::AuditLog;
 use crate::auth::jwt::{Identity, JwtVerifier};
 use crate::config::rules::{Route, RuleSnapshot};
 use crate::config::settings::Settings;
@@ -24,6 +25,7 @@ use crate::decision;
 use crate::error::{Body, BoxError, GatewayError};
 use crate::masking::{FieldSet, MaskReport};
 use crate::routing::canonical::canonical_path;
+use crate::telemetry::Metrics;
 use upstream::Upstream;
 
 /// The shared state every request reads.
@@ -32,6 +34,8 @@ pub struct Gateway {
     pub rules: Arc<ArcSwap<RuleSnapshot>>,
     pub jwt: JwtVerifier,
     pub upstreams: Vec<Upstream>,
+    pub audit: Arc<AuditLog>,
+    pub metrics: Arc<Metrics>,
     request_seq: AtomicU64,
     id_prefix: String,
 }
@@ -67,6 +71,8 @@ impl Gateway {
         rules: Arc<ArcSwap<RuleSnapshot>>,
         jwt: JwtVerifier,
         upstreams: Vec<Upstream>,
+        audit: Arc<AuditLog>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         // A per-process random prefix keeps request ids unique across restarts.
         let mut rnd = [0u8; 6];
@@ -76,6 +82,8 @@ impl Gateway {
             rules,
             jwt,
             upstreams,
+            audit,
+            metrics,
             request_seq: AtomicU64::new(0),
             id_prefix: crate::config::rules::hex(&rnd),
         }
@@ -107,15 +115,40 @@ impl Gateway {
                 if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
                     resp.headers_mut().insert("x-request-id", v);
                 }
-                crate::audit::record(&ctx, resp.status(), None);
+                self.finish(&ctx, resp.status(), None);
                 resp
             }
             Err(e) => {
                 let resp = e.to_response(&ctx.request_id);
-                crate::audit::record(&ctx, resp.status(), Some(&e));
+                self.finish(&ctx, resp.status(), Some(&e));
                 resp
             }
         }
+    }
+
+    /// Audit and count every request, allowed or refused.
+    fn finish(&self, ctx: &RequestCtx, status: http::StatusCode, refusal: Option<&GatewayError>) {
+        let m = &self.metrics;
+        m.request(
+            ctx.route().map(|r| r.name.as_str()),
+            refusal.is_none(),
+            status.as_u16(),
+            ctx.started.elapsed(),
+        );
+        match refusal {
+            Some(GatewayError::UpstreamUnavailable) => {
+                m.upstream_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(GatewayError::UpstreamTimeout) => {
+                m.upstream_timeouts.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        if let Some(r) = &ctx.masked {
+            m.masked_responses.fetch_add(1, Ordering::Relaxed);
+            m.masked_fields.fetch_add(r.count as u64, Ordering::Relaxed);
+        }
+        self.audit.request(ctx, status, refusal);
     }
 
     async fn phases(
@@ -130,11 +163,21 @@ impl Gateway {
         let rules = ctx.rules.clone();
         let route = &rules.routes[route_ix];
         if !route.public {
-            let identity = self
+            let (identity, cached) = self
                 .jwt
-                .verify_header(req.headers().get(header::AUTHORIZATION))
+                .verify_header_cached(req.headers().get(header::AUTHORIZATION))
                 .map_err(GatewayError::Unauthenticated)?;
+            count(
+                cached,
+                &self.metrics.token_cache_hits,
+                &self.metrics.token_cache_misses,
+            );
             let authz = decision::authorize(&rules, route, &identity.user);
+            count(
+                authz.cache_hit,
+                &self.metrics.permission_cache_hits,
+                &self.metrics.permission_cache_misses,
+            );
             ctx.identity = Some(identity);
             ctx.resolved = Some(authz.resolved);
             ctx.verdicts = authz.verdicts;
@@ -256,6 +299,10 @@ impl Gateway {
             }
         }
     }
+}
+
+fn count(hit: bool, hits: &AtomicU64, misses: &AtomicU64) {
+    if hit { hits } else { misses }.fetch_add(1, Ordering::Relaxed);
 }
 
 fn is_upgrade(req: &Request<Incoming>) -> bool {

@@ -51,6 +51,7 @@ pub async fn serve(
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _permit = permit;
+            let _open = OpenConnection::new(&gateway.metrics);
             let stream =
                 match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(s)) => s,
@@ -86,12 +87,31 @@ pub async fn serve(
         });
     }
     drop(listener);
-    let drain = gateway.settings.limits.idle_timeout;
+    let drain = gateway.settings.limits.shutdown_deadline;
     if tokio::time::timeout(drain, graceful.shutdown())
         .await
         .is_err()
     {
         tracing::warn!("shutdown deadline reached with connections still open");
+    }
+}
+
+/// Counts a connection as open for as long as it lives.
+struct OpenConnection(std::sync::Arc<crate::telemetry::Metrics>);
+
+impl OpenConnection {
+    fn new(m: &std::sync::Arc<crate::telemetry::Metrics>) -> Self {
+        m.open_connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        OpenConnection(m.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0
+            .open_connections
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

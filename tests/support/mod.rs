@@ -25,6 +25,14 @@ pub use upstream::Echo;
 
 pub const HS256_SECRET: &str = "test-hs256-secret-of-at-least-32-bytes!!";
 
+pub const PSEUDONYM_KEY: &str = "test-pseudonym-key";
+
+/// The process environment the example rules need, set once before any gateway starts.
+pub fn init_env() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| std::env::set_var("PHIGATE_PSEUDONYM_KEY", PSEUDONYM_KEY));
+}
+
 /// The repository's example rules.
 pub fn example_rules() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("rules")
@@ -81,6 +89,7 @@ impl Harness {
     }
 
     pub async fn start_with(opts: Options) -> Harness {
+        init_env();
         let dir = tempfile::tempdir().unwrap();
         let upstream = Echo::start().await;
         let issuer = DevIssuer::generate("https://idp.test", "phigate").unwrap();

@@ -1,0 +1,325 @@
+//! Masking actions. Every output is a fixed point of its action so masking is
+//! idempotent; values an action cannot transform fail closed to `[REDACTED]`.
+
+use aws_lc_rs::{digest, hmac};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use serde_json::Value;
+use std::fmt::Write as _;
+
+pub const REDACTED: &str = "[REDACTED]";
+
+/// Length of the hidden part of `mask` output, fixed so it leaks no length.
+pub const MASK_FILL: usize = 6;
+/// Upper bound on keep_first + keep_last (more would reveal most identifiers).
+pub const MAX_MASK_KEEP: usize = 8;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Remove,
+    Null,
+    Redact,
+    Replace(Value),
+    Pseudonymize,
+    Mask {
+        keep_first: usize,
+        keep_last: usize,
+        ch: char,
+    },
+    Year,
+    Zip3,
+    Age90,
+}
+
+impl Action {
+    /// Precedence when several rules select the same node: lower wins
+    /// (most destructive first; ties go to file order).
+    pub fn rank(&self) -> u8 {
+        match self {
+            Action::Remove => 0,
+            Action::Null => 1,
+            Action::Redact => 2,
+            Action::Replace(_) => 3,
+            _ => 4,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Action::Remove => "remove".into(),
+            Action::Null => "null".into(),
+            Action::Redact => "redact".into(),
+            Action::Replace(v) => format!("replace with {v}"),
+            Action::Pseudonymize => "pseudonymize (HMAC-SHA256 token)".into(),
+            Action::Mask {
+                keep_first,
+                keep_last,
+                ch,
+            } => format!("mask (keep_first {keep_first}, keep_last {keep_last}, char '{ch}')"),
+            Action::Year => "year".into(),
+            Action::Zip3 => "zip3".into(),
+            Action::Age90 => "age90".into(),
+        }
+    }
+
+    /// Applies the action in place. Returns true when the node must be removed
+    /// from its parent (the caller owns the parent).
+    pub fn apply(&self, v: &mut Value, ps: Option<&Pseudonymizer>) -> bool {
+        let new = match self {
+            Action::Remove => return true,
+            Action::Null => Value::Null,
+            Action::Redact => redacted(),
+            Action::Replace(r) => r.clone(),
+            // null and an earlier fail-closed result carry no data: value
+            // transforms leave them alone (keeps masking idempotent).
+            _ if v.is_null() || v.as_str() == Some(REDACTED) => return false,
+            Action::Pseudonymize => match (v as &Value, ps) {
+                (Value::String(s), Some(p)) if p.is_token(s) => return false,
+                (Value::String(s), Some(p)) => Value::String(p.token(s)),
+                (Value::Number(n), Some(p)) => Value::String(p.token(&n.to_string())),
+                _ => redacted(),
+            },
+            Action::Mask {
+                keep_first,
+                keep_last,
+                ch,
+            } => match v {
+                Value::String(s) => match mask_str(s, *keep_first, *keep_last, *ch) {
+                    Some(m) => Value::String(m),
+                    None => return false,
+                },
+                Value::Number(n) => {
+                    let s = n.to_string();
+                    Value::String(
+                        mask_str(&s, *keep_first, *keep_last, *ch)
+                            .unwrap_or_else(|| (*ch).to_string().repeat(MASK_FILL)),
+                    )
+                }
+                _ => redacted(),
+            },
+            Action::Year => match v {
+                Value::String(s) => match year_of(s) {
+                    Some(y) if y == s => return false,
+                    Some(y) => Value::String(y.to_string()),
+                    None => redacted(),
+                },
+                // A bare year number is already only a year.
+                Value::Number(n) if n.as_u64().is_some_and(|y| (1000..=9999).contains(&y)) => {
+                    return false
+                }
+                _ => redacted(),
+            },
+            Action::Zip3 => match v {
+                Value::String(s) => match zip3_str(s) {
+                    Some(z) if z == *s => return false,
+                    Some(z) => Value::String(z),
+                    None => redacted(),
+                },
+                Value::Number(n) => match n.as_u64().filter(|z| *z <= 99_999) {
+                    Some(z) => Value::String(zip3_prefix(&format!("{z:05}")[..3])),
+                    None => redacted(),
+                },
+                _ => redacted(),
+            },
+            Action::Age90 => match v {
+                Value::Number(n) => match n.as_f64() {
+                    Some(a) if a >= 90.0 => Value::String("90+".into()),
+                    Some(_) => return false,
+                    None => redacted(),
+                },
+                Value::String(s) if s == "90+" => return false,
+                Value::String(s) => match parse_age(s) {
+                    Some(a) if a >= 90.0 => Value::String("90+".into()),
+                    Some(_) => return false,
+                    None => redacted(),
+                },
+                _ => redacted(),
+            },
+        };
+        *v = new;
+        false
+    }
+}
+
+fn redacted() -> Value {
+    Value::String(REDACTED.into())
+}
+
+/// Keyed pseudonyms: `pse:<keyid>:<base64url(HMAC-SHA256(key, value)[..16])>`.
+pub struct Pseudonymizer {
+    key: hmac::Key,
+    keyid: String,
+}
+
+impl std::fmt::Debug for Pseudonymizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material.
+        write!(f, "Pseudonymizer(keyid {})", self.keyid)
+    }
+}
+
+pub const TOKEN_B64_LEN: usize = 22;
+
+impl Pseudonymizer {
+    pub fn new(key: &[u8]) -> Self {
+        let d = digest::digest(&digest::SHA256, key);
+        let mut keyid = String::with_capacity(8);
+        for b in &d.as_ref()[..4] {
+            let _ = write!(keyid, "{b:02x}");
+        }
+        Pseudonymizer {
+            key: hmac::Key::new(hmac::HMAC_SHA256, key),
+            keyid,
+        }
+    }
+
+    pub fn keyid(&self) -> &str {
+        &self.keyid
+    }
+
+    pub fn token(&self, value: &str) -> String {
+        let tag = hmac::sign(&self.key, value.as_bytes());
+        let mut out = String::with_capacity(4 + 8 + 1 + TOKEN_B64_LEN);
+        out.push_str("pse:");
+        out.push_str(&self.keyid);
+        out.push(':');
+        URL_SAFE_NO_PAD.encode_string(&tag.as_ref()[..16], &mut out);
+        out
+    }
+
+    /// True if `s` is exactly a token under this key id (left as is, which
+    /// keeps pseudonymization idempotent).
+    pub fn is_token(&self, s: &str) -> bool {
+        let Some(rest) = s.strip_prefix("pse:") else {
+            return false;
+        };
+        let Some(b64) = rest
+            .strip_prefix(self.keyid.as_str())
+            .and_then(|r| r.strip_prefix(':'))
+        else {
+            return false;
+        };
+        b64.len() == TOKEN_B64_LEN
+            && b64
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            // 16 bytes = 128 bits -> the last char carries only 2 bits.
+            && URL_SAFE_NO_PAD.decode(b64).is_ok_and(|d| d.len() == 16)
+    }
+}
+
+/// `mask`: first/last chars kept, a fixed run of `MASK_FILL` fill chars in
+/// between. Returns None when `s` is already in masked form (fixed point).
+/// Inputs too short to hide anything become the fill run alone.
+pub fn mask_str(s: &str, keep_first: usize, keep_last: usize, ch: char) -> Option<String> {
+    let chars: Vec<char> = s.chars().collect();
+    let n = chars.len();
+    let fill_only = n == MASK_FILL && chars.iter().all(|c| *c == ch);
+    let already = n == keep_first + MASK_FILL + keep_last
+        && chars[keep_first..keep_first + MASK_FILL]
+            .iter()
+            .all(|c| *c == ch);
+    if fill_only || already {
+        return None;
+    }
+    let mut out = String::with_capacity(s.len() + MASK_FILL);
+    if n <= keep_first + keep_last {
+        out.extend(std::iter::repeat_n(ch, MASK_FILL));
+        return Some(out);
+    }
+    out.extend(&chars[..keep_first]);
+    out.extend(std::iter::repeat_n(ch, MASK_FILL));
+    out.extend(&chars[n - keep_last..]);
+    Some(out)
+}
+
+fn digits_at(b: &[u8], start: usize, len: usize) -> Option<u32> {
+    let part = b.get(start..start + len)?;
+    if !part.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(part.iter().fold(0, |a, d| a * 10 + u32::from(d - b'0')))
+}
+
+fn valid_md(m: u32, d: u32) -> bool {
+    (1..=12).contains(&m) && (1..=31).contains(&d)
+}
+
+/// Year of a date string: `YYYY`, `YYYY-MM`, `YYYY-MM-DD` (optionally followed
+/// by `T`/space and a time), `YYYY/MM/DD`, `MM/DD/YYYY`.
+pub fn year_of(s: &str) -> Option<&str> {
+    let b = s.as_bytes();
+    if b.len() >= 4 && digits_at(b, 0, 4).is_some() {
+        let y = &s[..4];
+        if b.len() == 4 {
+            return Some(y);
+        }
+        let sep = b[4];
+        if sep != b'-' && sep != b'/' {
+            return None;
+        }
+        let m = digits_at(b, 5, 2)?;
+        if b.len() == 7 {
+            return (sep == b'-' && (1..=12).contains(&m)).then_some(y);
+        }
+        if b.get(7) != Some(&sep) {
+            return None;
+        }
+        let d = digits_at(b, 8, 2)?;
+        let tail_ok = b.len() == 10 || (sep == b'-' && matches!(b[10], b'T' | b't' | b' '));
+        return (valid_md(m, d) && tail_ok).then_some(y);
+    }
+    // US style M/D/YYYY or MM/DD/YYYY.
+    let mut parts = s.split('/');
+    let (m, d, y) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || y.len() != 4 || m.is_empty() || d.is_empty() {
+        return None;
+    }
+    if m.len() > 2 || d.len() > 2 {
+        return None;
+    }
+    let m = digits_at(m.as_bytes(), 0, m.len())?;
+    let d = digits_at(d.as_bytes(), 0, d.len())?;
+    digits_at(y.as_bytes(), 0, 4)?;
+    valid_md(m, d).then_some(y)
+}
+
+/// HIPAA Safe Harbor: 3-digit ZIP prefixes with <= 20,000 people become 000.
+const RESTRICTED_ZIP3: [&str; 17] = [
+    "036", "059", "063", "102", "203", "556", "692", "790", "821", "823", "830", "831", "878",
+    "879", "884", "890", "893",
+];
+
+fn zip3_prefix(p: &str) -> String {
+    if RESTRICTED_ZIP3.contains(&p) {
+        "000**".into()
+    } else {
+        format!("{p}**")
+    }
+}
+
+/// `02139`, `02139-1234`, `021391234` -> `021**`; `021**` is a fixed point.
+pub fn zip3_str(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let ok = match b.len() {
+        5 => digits_at(b, 0, 5).is_some() || (digits_at(b, 0, 3).is_some() && &b[3..] == b"**"),
+        9 => digits_at(b, 0, 9).is_some(),
+        10 => digits_at(b, 0, 5).is_some() && b[5] == b'-' && digits_at(b, 6, 4).is_some(),
+        _ => false,
+    };
+    ok.then(|| zip3_prefix(&s[..3]))
+}
+
+/// Numeric string ages: digits with an optional sign and decimal point
+/// (no "inf"/"NaN" which f64::from_str would accept).
+fn parse_age(s: &str) -> Option<f64> {
+    let t = s.trim();
+    let body = t.strip_prefix(['-', '+']).unwrap_or(t);
+    if body.is_empty()
+        || !body.bytes().all(|c| c.is_ascii_digit() || c == b'.')
+        || !body.bytes().any(|c| c.is_ascii_digit())
+    {
+        return None;
+    }
+    t.parse().ok()
+}

@@ -1,0 +1,230 @@
+//! Backstop detectors: substrings of remaining string values that look like
+//! PHI are replaced by `[REDACTED]`.
+//!
+//! Choices (to keep false positives down):
+//! - `ssn`: `123-45-6789` or exactly 9 digits standing alone; invalid SSA
+//!   ranges (area 000/666/9xx, group 00, serial 0000) are not matched; a
+//!   candidate glued to a longer number (`1.123456789`, `555-123-45-6789`) is not.
+//! - `phone`: NANP with separators or parentheses, optional `+1`/`1` prefix
+//!   (area code and exchange start 2-9), and E.164 `+<8-15 digits>`. Ten bare
+//!   digits are NOT matched (too many ids look like that).
+//! - `credit_card`: 13-19 digits, optional single spaces/dashes between
+//!   digits, Luhn-valid.
+//! - `email`: pragmatic ASCII `local@domain.tld`.
+//!
+//! Detectors run in a fixed order (credit_card, ssn, phone, email, custom in
+//! file order) so the longest numeric forms are consumed first.
+
+use super::actions::REDACTED;
+use regex::Regex;
+use std::ops::Range;
+use std::sync::LazyLock;
+
+#[derive(Debug, Clone)]
+pub enum Detector {
+    CreditCard,
+    Ssn,
+    Phone,
+    Email,
+    Custom(Regex),
+}
+
+impl Detector {
+    pub fn name(&self) -> String {
+        match self {
+            Detector::CreditCard => "credit_card".into(),
+            Detector::Ssn => "ssn".into(),
+            Detector::Phone => "phone".into(),
+            Detector::Email => "email".into(),
+            Detector::Custom(r) => format!("regex /{}/", r.as_str()),
+        }
+    }
+
+    fn sort_key(&self) -> u8 {
+        match self {
+            Detector::CreditCard => 0,
+            Detector::Ssn => 1,
+            Detector::Phone => 2,
+            Detector::Email => 3,
+            Detector::Custom(_) => 4,
+        }
+    }
+}
+
+static SSN: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\b(?:\d{3}-\d{2}-\d{4}|\d{9})\b").expect("ssn regex"));
+static PHONE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"(?:\+?1[ .-]?)?(?:\([2-9]\d{2}\) ?|[2-9]\d{2}[ .-])[2-9]\d{2}[ .-]\d{4}\b|\+[1-9]\d{7,14}\b",
+    )
+    .expect("phone regex")
+});
+static CARD: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\b\d(?:[ -]?\d){12,18}\b").expect("card regex"));
+static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
+        .expect("email regex")
+});
+
+#[derive(Debug, Clone, Default)]
+pub struct Detectors {
+    list: Vec<Detector>,
+    /// Built-ins other than email only ever match strings containing a digit.
+    any_digit_based: bool,
+    email: bool,
+    custom: bool,
+}
+
+impl Detectors {
+    pub fn new(mut list: Vec<Detector>) -> Self {
+        list.sort_by_key(Detector::sort_key);
+        let any_digit_based = list
+            .iter()
+            .any(|d| matches!(d, Detector::CreditCard | Detector::Ssn | Detector::Phone));
+        let email = list.iter().any(|d| matches!(d, Detector::Email));
+        let custom = list.iter().any(|d| matches!(d, Detector::Custom(_)));
+        Detectors {
+            list,
+            any_digit_based,
+            email,
+            custom,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.list.iter().map(Detector::name).collect()
+    }
+
+    /// Returns the scrubbed string if anything matched.
+    pub fn scrub(&self, s: &str) -> Option<String> {
+        if self.list.is_empty() {
+            return None;
+        }
+        // Cheap prefilter so most strings (names, dates, codes, prose) skip
+        // every regex: NANP phones need 10 digits, SSNs 9, cards 13, E.164
+        // phones 8 plus a '+'; emails need an '@'.
+        let (digit, at) = if self.custom {
+            (true, true)
+        } else {
+            let (mut digits, mut plus, mut at) = (0usize, false, false);
+            for &c in s.as_bytes() {
+                digits += usize::from(c.is_ascii_digit());
+                plus |= c == b'+';
+                at |= c == b'@';
+            }
+            (
+                self.any_digit_based && (digits >= 9 || (digits == 8 && plus)),
+                self.email && at,
+            )
+        };
+        if !digit && !at {
+            return None;
+        }
+        let mut cur: Option<String> = None;
+        for d in &self.list {
+            let hay = cur.as_deref().unwrap_or(s);
+            let out = match d {
+                Detector::CreditCard if digit => replace_valid(&CARD, hay, card_ok),
+                Detector::Ssn if digit => replace_valid(&SSN, hay, ssn_ok),
+                Detector::Phone if digit => replace_valid(&PHONE, hay, phone_ok),
+                Detector::Email if at => replace_valid(&EMAIL, hay, |_, _| true),
+                Detector::Custom(re) => replace_valid(re, hay, |_, _| true),
+                _ => None,
+            };
+            if out.is_some() {
+                cur = out;
+            }
+        }
+        cur
+    }
+}
+
+fn replace_valid(re: &Regex, s: &str, ok: impl Fn(&str, Range<usize>) -> bool) -> Option<String> {
+    let mut out: Option<String> = None;
+    let mut last = 0;
+    for m in re.find_iter(s) {
+        if m.is_empty() || !ok(s, m.range()) {
+            continue;
+        }
+        let o = out.get_or_insert_with(|| String::with_capacity(s.len()));
+        o.push_str(&s[last..m.start()]);
+        o.push_str(REDACTED);
+        last = m.end();
+    }
+    let mut o = out?;
+    o.push_str(&s[last..]);
+    Some(o)
+}
+
+/// Rejects candidates that are part of a longer number: `1.123456789`,
+/// `555-123-45-6789`, `123-45-6789-1`, or glued to letters/digits.
+fn standalone(s: &str, r: &Range<usize>) -> bool {
+    let b = s.as_bytes();
+    let before = r.start.checked_sub(1).map(|i| b[i]);
+    let before2 = r.start.checked_sub(2).map(|i| b[i]);
+    let after = b.get(r.end).copied();
+    let after2 = b.get(r.end + 1).copied();
+    let wordish = |c: Option<u8>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == b'_');
+    let joiner = |c: Option<u8>| matches!(c, Some(b'-' | b'.' | b'/' | b'+'));
+    let digit = |c: Option<u8>| c.is_some_and(|c| c.is_ascii_digit());
+    !(wordish(before)
+        || wordish(after)
+        || (joiner(before) && digit(before2))
+        || (joiner(after) && digit(after2)))
+}
+
+fn ssn_ok(s: &str, r: Range<usize>) -> bool {
+    if !standalone(s, &r) {
+        return false;
+    }
+    let d: Vec<u8> = s[r]
+        .bytes()
+        .filter(u8::is_ascii_digit)
+        .map(|c| c - b'0')
+        .collect();
+    let area = u32::from(d[0]) * 100 + u32::from(d[1]) * 10 + u32::from(d[2]);
+    let group = d[3] * 10 + d[4];
+    let serial = d[5..].iter().all(|x| *x == 0);
+    area != 0 && area != 666 && area < 900 && group != 0 && !serial
+}
+
+fn phone_ok(s: &str, r: Range<usize>) -> bool {
+    standalone(s, &r)
+}
+
+fn card_ok(s: &str, r: Range<usize>) -> bool {
+    if !standalone(s, &r) {
+        return false;
+    }
+    let digits: Vec<u32> = s[r]
+        .bytes()
+        .filter(u8::is_ascii_digit)
+        .map(|c| u32::from(c - b'0'))
+        .collect();
+    (13..=19).contains(&digits.len()) && luhn(&digits)
+}
+
+pub fn luhn(digits: &[u32]) -> bool {
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, &d)| {
+            if i % 2 == 1 {
+                let x = d * 2;
+                if x > 9 {
+                    x - 9
+                } else {
+                    x
+                }
+            } else {
+                d
+            }
+        })
+        .sum();
+    sum % 10 == 0
+}
