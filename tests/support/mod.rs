@@ -21,7 +21,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-pub use upstream::Echo;
+pub use upstream::{Echo, Script};
 
 pub const HS256_SECRET: &str = "test-hs256-secret-of-at-least-32-bytes!!";
 

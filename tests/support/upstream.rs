@@ -38,10 +38,69 @@ impl Seen {
     }
 }
 
+/// A canned response the upstream sends instead of its echo (for masking tests).
+#[derive(Debug, Clone, Default)]
+pub struct Script {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub chunks: Vec<Bytes>,
+    /// After the chunks, fail the body (the connection is cut mid-body).
+    pub fail_mid_body: bool,
+}
+
+impl Script {
+    /// A 200 with one body and a content type.
+    pub fn body(content_type: &str, body: impl Into<Bytes>) -> Script {
+        Script {
+            status: 200,
+            headers: vec![("content-type".into(), content_type.into())],
+            chunks: vec![body.into()],
+            fail_mid_body: false,
+        }
+    }
+    pub fn json(v: &serde_json::Value) -> Script {
+        Script::body("application/json", v.to_string())
+    }
+    pub fn header(mut self, k: &str, v: &str) -> Script {
+        self.headers.push((k.into(), v.into()));
+        self
+    }
+    pub fn status(mut self, s: u16) -> Script {
+        self.status = s;
+        self
+    }
+}
+
+struct ScriptBody {
+    chunks: std::collections::VecDeque<Bytes>,
+    fail: bool,
+}
+
+impl http_body::Body for ScriptBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        if let Some(c) = self.chunks.pop_front() {
+            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(c))));
+        }
+        if self.fail {
+            self.fail = false;
+            return std::task::Poll::Ready(Some(Err(std::io::Error::other("cut mid-body"))));
+        }
+        std::task::Poll::Ready(None)
+    }
+}
+
+type EchoBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
 #[derive(Clone)]
 pub struct Echo {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    script: Arc<Mutex<Option<Script>>>,
 }
 
 impl Echo {
@@ -49,17 +108,21 @@ impl Echo {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let script: Arc<Mutex<Option<Script>>> = Arc::default();
         let record = seen.clone();
+        let scripted = script.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
                 let record = record.clone();
+                let scripted = scripted.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let record = record.clone();
-                        async move { Ok::<_, Infallible>(echo(req, record).await) }
+                        let script = scripted.lock().unwrap().clone();
+                        async move { Ok::<_, Infallible>(echo(req, record, script).await) }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(tcp), svc)
@@ -67,7 +130,12 @@ impl Echo {
                 });
             }
         });
-        Echo { addr, seen }
+        Echo { addr, seen, script }
+    }
+
+    /// From now on, answer every request with this script.
+    pub fn script(&self, s: Script) {
+        *self.script.lock().unwrap() = Some(s);
     }
 
     pub fn requests(&self) -> Vec<Seen> {
@@ -86,7 +154,11 @@ impl Echo {
     }
 }
 
-async fn echo(req: Request<Incoming>, record: Arc<Mutex<Vec<Seen>>>) -> Response<Full<Bytes>> {
+async fn echo(
+    req: Request<Incoming>,
+    record: Arc<Mutex<Vec<Seen>>>,
+    script: Option<Script>,
+) -> Response<EchoBody> {
     let (parts, body) = req.into_parts();
     let body = body
         .collect()
@@ -122,9 +194,30 @@ async fn echo(req: Request<Incoming>, record: Arc<Mutex<Vec<Seen>>>) -> Response
     {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
     }
+    if let Some(s) = script {
+        let mut resp = Response::new(
+            ScriptBody {
+                chunks: s.chunks.into_iter().collect(),
+                fail: s.fail_mid_body,
+            }
+            .boxed(),
+        );
+        *resp.status_mut() = http::StatusCode::from_u16(s.status).unwrap();
+        for (k, v) in s.headers {
+            resp.headers_mut().append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(&v).unwrap(),
+            );
+        }
+        return resp;
+    }
     let map: BTreeMap<String, String> = headers.into_iter().collect();
     let out = json!({"method": parts.method.as_str(), "target": target, "headers": map, "body_len": body.len()});
-    let mut resp = Response::new(Full::new(Bytes::from(out.to_string())));
+    let mut resp = Response::new(
+        Full::new(Bytes::from(out.to_string()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
     resp.headers_mut().insert(
         "content-type",
         http::HeaderValue::from_static("application/json"),
