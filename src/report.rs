@@ -327,7 +327,7 @@ pub fn warnings(rules: &RuleSnapshot) -> Vec<Warning> {
             kind: "permission_not_granted",
             subject: p.clone(),
             message: format!(
-                "route '{route}' requires '{p}', which no policy or inline allow grants"
+                "route '{route}' requires '{p}', which no policy or inline allow names (catch-alls aside)"
             ),
         });
     }
@@ -376,12 +376,10 @@ pub fn warnings(rules: &RuleSnapshot) -> Vec<Warning> {
 
 fn grantable(rules: &RuleSnapshot, p: &Permission) -> bool {
     let a = &rules.access;
-    a.policies
-        .iter()
-        .any(|pol| pol.patterns.iter().any(|pat| pat.matches(p)))
-        || a.users
-            .values()
-            .any(|u| u.allow.iter().any(|pat| pat.matches(p)))
+    // Catch-all grants (`*`) do not count: a permission only they cover is likely a typo.
+    let named = |pat: &crate::access::Pattern| !pat.is_catch_all() && pat.matches(p);
+    a.policies.iter().any(|pol| pol.patterns.iter().any(named))
+        || a.users.values().any(|u| u.allow.iter().any(named))
 }
 
 /// A legacy regex route that also matches the paths of a template route is shadowed there

@@ -72,11 +72,12 @@ pub fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Body> {
             )
         }
         "/status" => json_response(StatusCode::OK, state.rules.status_json()),
-        "/metrics" => respond(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            state.gateway.metrics.render(),
-        ),
+        "/metrics" => {
+            let m = &state.gateway.metrics;
+            m.audit_write_failures
+                .store(state.gateway.audit.failures(), Ordering::Relaxed);
+            respond(StatusCode::OK, "text/plain; version=0.0.4", m.render())
+        }
         "/explain" => explain(state, req),
         _ => json_response(StatusCode::NOT_FOUND, json!({"error": "not found"})),
     }

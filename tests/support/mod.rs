@@ -307,3 +307,41 @@ pub fn rand_suffix() -> String {
     aws_lc_rs::rand::fill(&mut b).unwrap();
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+/// GET on the admin listener (plain HTTP), optionally with a bearer token.
+pub async fn admin_get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let mut b = Request::get(format!("http://{addr}{path}"));
+    if let Some(t) = token {
+        b = b.header("authorization", format!("Bearer {t}"));
+    }
+    let resp = client
+        .request(b.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .expect("admin reachable");
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Polls `f` every 25 ms until it returns true or `within` passes; returns the time taken.
+pub async fn eventually<F, Fut>(within: Duration, mut f: F) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while start.elapsed() < within {
+        if f().await {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    None
+}
