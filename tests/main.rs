@@ -6,8 +6,10 @@
 mod support;
 
 mod check_cli;
+mod cli;
 mod headers;
 mod matrix;
+mod ops;
 mod paths;
 mod tokens;
 mod upstream_faults;
