@@ -8,6 +8,7 @@ mod support;
 mod check_cli;
 mod cli;
 mod headers;
+mod masking_e2e;
 mod matrix;
 mod ops;
 mod paths;
