@@ -215,6 +215,9 @@ pub fn render_text(e: &Explanation) -> String {
                     let _ = writeln!(o, "                 {r}");
                 }
             }
+            (Some(_), false) if e.decision != "allow" => {
+                let _ = writeln!(o, "masking        not reached: the request is refused");
+            }
             (Some(set), false) => {
                 let _ = writeln!(o, "masking        none for this caller (field set '{set}' applies to anonymized callers)");
             }

@@ -38,3 +38,80 @@ async fn upstream_slow_is_504() {
     let r = h.get_as(Some("dana@clinic.example"), "/api/reports").await;
     assert_eq!(r.status, 200, "a fast request right after still works");
 }
+
+/// `https://` upstreams with a private CA (`ca:`), over HTTP/1.1 and HTTP/2.
+#[tokio::test]
+async fn tls_upstream_with_private_ca_over_h1_and_h2() {
+    for h2 in [false, true] {
+        let pki = phigate::server::tls::DevPki::generate().unwrap();
+        let tls =
+            phigate::server::tls::server_config_from_pem(&pki.cert_pem, &pki.key_pem).unwrap();
+        let upstream = crate::support::Echo::start_tls(tls).await;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("upstream-ca.pem");
+        std::fs::write(&ca, &pki.ca_pem).unwrap();
+        let port = upstream.addr.port();
+        let h = Harness::start_with(Options {
+            tweak: Some(Box::new(move |s| {
+                let u = &mut s.upstreams[0];
+                u.scheme = http::uri::Scheme::HTTPS;
+                u.authority = format!("localhost:{port}").parse().unwrap();
+                u.ca = Some(ca);
+                u.http2 = h2;
+            })),
+            ..Options::default()
+        })
+        .await;
+        let r = h.get_as(Some("dana@clinic.example"), "/api/reports").await;
+        assert_eq!(
+            r.status,
+            200,
+            "h2={h2}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let seen = upstream.requests();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(
+            seen[0].version,
+            if h2 {
+                http::Version::HTTP_2
+            } else {
+                http::Version::HTTP_11
+            }
+        );
+        assert_eq!(
+            seen[0].header("x-phigate-user"),
+            Some("dana@clinic.example")
+        );
+    }
+}
+
+/// An `https://` upstream whose certificate is not signed by the configured CA is refused.
+#[tokio::test]
+async fn tls_upstream_with_an_untrusted_certificate_is_502() {
+    let pki = phigate::server::tls::DevPki::generate().unwrap();
+    let other = phigate::server::tls::DevPki::generate().unwrap();
+    let tls = phigate::server::tls::server_config_from_pem(&pki.cert_pem, &pki.key_pem).unwrap();
+    let upstream = crate::support::Echo::start_tls(tls).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("other-ca.pem");
+    std::fs::write(&ca, &other.ca_pem).unwrap();
+    let port = upstream.addr.port();
+    let h = Harness::start_with(Options {
+        tweak: Some(Box::new(move |s| {
+            let u = &mut s.upstreams[0];
+            u.scheme = http::uri::Scheme::HTTPS;
+            u.authority = format!("localhost:{port}").parse().unwrap();
+            u.ca = Some(ca);
+        })),
+        ..Options::default()
+    })
+    .await;
+    assert_eq!(
+        h.get_as(Some("dana@clinic.example"), "/api/reports")
+            .await
+            .status,
+        502
+    );
+    assert_eq!(upstream.count(), 0);
+}

@@ -18,6 +18,7 @@ use serde_json::json;
 #[derive(Debug, Clone)]
 pub struct Seen {
     pub method: String,
+    pub version: http::Version,
     /// Path and query exactly as received.
     pub target: String,
     pub headers: Vec<(String, String)>,
@@ -74,6 +75,9 @@ impl Script {
 struct ScriptBody {
     chunks: std::collections::VecDeque<Bytes>,
     fail: bool,
+    /// Before failing, wait so the head and the chunks really leave (a cut *after* a
+    /// partial body, not before the response).
+    pause: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl http_body::Body for ScriptBody {
@@ -81,12 +85,18 @@ impl http_body::Body for ScriptBody {
     type Error = std::io::Error;
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
+        cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
         if let Some(c) = self.chunks.pop_front() {
             return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(c))));
         }
         if self.fail {
+            let pause = self
+                .pause
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::from_millis(100))));
+            if std::future::Future::poll(pause.as_mut(), cx).is_pending() {
+                return std::task::Poll::Pending;
+            }
             self.fail = false;
             return std::task::Poll::Ready(Some(Err(std::io::Error::other("cut mid-body"))));
         }
@@ -105,6 +115,15 @@ pub struct Echo {
 
 impl Echo {
     pub async fn start() -> Echo {
+        Self::start_with_tls(None).await
+    }
+
+    /// An echo upstream behind TLS (HTTP/1.1 and h2 by ALPN), for `https://` upstreams.
+    pub async fn start_tls(tls: Arc<rustls::ServerConfig>) -> Echo {
+        Self::start_with_tls(Some(tokio_rustls::TlsAcceptor::from(tls))).await
+    }
+
+    async fn start_with_tls(tls: Option<tokio_rustls::TlsAcceptor>) -> Echo {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
@@ -118,15 +137,25 @@ impl Echo {
                 };
                 let record = record.clone();
                 let scripted = scripted.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let record = record.clone();
                         let script = scripted.lock().unwrap().clone();
                         async move { Ok::<_, Infallible>(echo(req, record, script).await) }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tcp), svc)
-                        .await;
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        None => {
+                            let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
+                        }
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(tcp).await {
+                                let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                            }
+                        }
+                    }
                 });
             }
         });
@@ -182,6 +211,7 @@ async fn echo(
         .collect();
     record.lock().unwrap().push(Seen {
         method: parts.method.to_string(),
+        version: parts.version,
         target: target.clone(),
         headers: headers.clone(),
         body: body.clone(),
@@ -199,6 +229,7 @@ async fn echo(
             ScriptBody {
                 chunks: s.chunks.into_iter().collect(),
                 fail: s.fail_mid_body,
+                pause: None,
             }
             .boxed(),
         );
