@@ -1027,7 +1027,7 @@ async fn upstream_failure_mid_body_never_yields_a_complete_looking_body() {
     let h = Harness::start().await;
     let raw = patient_list().to_string();
     let cut = raw.find("523-41-7788").unwrap() + 11;
-    let partial = Bytes::copy_from_slice(raw[..cut].as_bytes());
+    let partial = Bytes::copy_from_slice(&raw.as_bytes()[..cut]);
     for with_length in [false, true] {
         let mut s = Script::body("application/json", partial.clone());
         s.fail_mid_body = true;
