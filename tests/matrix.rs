@@ -166,3 +166,31 @@ async fn forbidden_body_names_route_and_missing_permission_never_the_token() {
     assert!(p["detail"].as_str().unwrap().contains("explicitly denied"));
     assert!(!String::from_utf8_lossy(&r.body).contains(&token));
 }
+
+/// A route whose permission comes from a PHI-tagged policy but names no field set: nobody said
+/// what to hide, so anonymized callers are refused while raw-access callers pass.
+#[tokio::test]
+async fn phi_route_without_field_set_refuses_anonymized_callers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let routes = std::fs::read_to_string(crate::support::example_rules().join("routes.yaml")).unwrap()
+        + "\n  - name: lab-results\n    methods: [GET]\n    path: /api/labs/{id}\n    require: cdp:patient:list\n";
+    let rules = crate::support::rules_dir_with(tmp.path(), &[("routes.yaml", &routes)]);
+    let h = Harness::start_with(crate::support::Options {
+        rules,
+        ..Default::default()
+    })
+    .await;
+    let r = h.get_as(Some(BOB), "/api/labs/1").await;
+    assert_eq!(r.status, 403);
+    assert!(
+        r.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("names no field set"),
+        "{}",
+        r.json()
+    );
+    assert!(h.upstream.by_request_id(&r.request_id()).is_none());
+    assert_eq!(h.get_as(Some(ALEX), "/api/labs/1").await.status, 200);
+    assert_eq!(h.get_as(Some(DANA), "/api/labs/1").await.status, 200);
+}
