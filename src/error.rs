@@ -46,6 +46,8 @@ pub enum GatewayError {
     AmbiguousRoute,
     #[error("request body too large")]
     PayloadTooLarge,
+    #[error("request header fields too large: {0}")]
+    HeadersTooLarge(&'static str),
     #[error("upstream unavailable")]
     UpstreamUnavailable,
     #[error("upstream timed out")]
@@ -64,11 +66,24 @@ impl GatewayError {
             GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::AmbiguousRoute => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::UpstreamUnavailable | GatewayError::BadUpstreamResponse(_) => {
                 StatusCode::BAD_GATEWAY
             }
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
+    }
+
+    /// Refusals after which an HTTP/1 connection is closed: the request's framing is
+    /// suspect, or its body was left unread.
+    pub fn closes_http1_connection(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::BadRequest(_)
+                | GatewayError::BadPath(_)
+                | GatewayError::PayloadTooLarge
+                | GatewayError::HeadersTooLarge(_)
+        )
     }
 
     /// A short machine-readable reason, also used in audit records and metrics.
@@ -82,6 +97,7 @@ impl GatewayError {
             GatewayError::MethodNotAllowed(_) => "method_not_allowed",
             GatewayError::AmbiguousRoute => "ambiguous_route",
             GatewayError::PayloadTooLarge => "payload_too_large",
+            GatewayError::HeadersTooLarge(_) => "headers_too_large",
             GatewayError::UpstreamUnavailable => "upstream_unavailable",
             GatewayError::UpstreamTimeout => "upstream_timeout",
             GatewayError::BadUpstreamResponse(_) => "bad_upstream_response",

@@ -116,6 +116,9 @@ struct RawLimits {
     header_read_timeout: Option<Dur>,
     idle_timeout: Option<Dur>,
     max_connections: Option<usize>,
+    max_header_bytes: Option<Size>,
+    max_headers: Option<usize>,
+    h2_max_concurrent_streams: Option<u32>,
     max_request_body: Option<Size>,
     max_masked_body: Option<Size>,
     max_json_depth: Option<usize>,
@@ -151,10 +154,24 @@ pub struct UpstreamSettings {
 
 #[derive(Debug, Clone)]
 pub struct Limits {
+    /// A TLS handshake that has not finished in this time is dropped.
     pub handshake_timeout: Duration,
+    /// HTTP/1: the whole request head (line and headers) must arrive within this time,
+    /// counted from when the gateway starts waiting for it (so it also bounds the wait for
+    /// the next request on a kept-alive connection).
     pub header_read_timeout: Duration,
+    /// A connection with no request in flight and no bytes moving for this long is closed
+    /// (HTTP/1 and HTTP/2; h2 also pings a silent peer at half this interval).
     pub idle_timeout: Duration,
+    /// Connections served at once; beyond it new connections wait in the kernel backlog.
     pub max_connections: usize,
+    /// Request head size (HTTP/1 request line and headers; HTTP/2 header list size): 431.
+    pub max_header_bytes: u64,
+    /// Number of request header fields: 431.
+    pub max_headers: usize,
+    /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS advertised to clients.
+    pub h2_max_concurrent_streams: u32,
+    /// Request body limit (413), enforced while streaming, with or without Content-Length.
     pub max_request_body: u64,
     pub max_masked_body: u64,
     pub max_json_depth: usize,
@@ -169,6 +186,9 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,
+            max_header_bytes: 32 << 10,
+            max_headers: 100,
+            h2_max_concurrent_streams: 256,
             max_request_body: 10 << 20,
             max_masked_body: 16 << 20,
             max_json_depth: 128,
@@ -348,11 +368,39 @@ impl Settings {
                 .map_or(dl.header_read_timeout, |x| x.0),
             idle_timeout: l.idle_timeout.map_or(dl.idle_timeout, |x| x.0),
             max_connections: l.max_connections.unwrap_or(dl.max_connections),
+            max_header_bytes: l.max_header_bytes.map_or(dl.max_header_bytes, |x| x.0),
+            max_headers: l.max_headers.unwrap_or(dl.max_headers),
+            h2_max_concurrent_streams: l
+                .h2_max_concurrent_streams
+                .unwrap_or(dl.h2_max_concurrent_streams),
             max_request_body: l.max_request_body.map_or(dl.max_request_body, |x| x.0),
             max_masked_body: l.max_masked_body.map_or(dl.max_masked_body, |x| x.0),
             max_json_depth: l.max_json_depth.unwrap_or(dl.max_json_depth),
             shutdown_deadline: l.shutdown_deadline.map_or(dl.shutdown_deadline, |x| x.0),
         };
+        for (key, bad) in [
+            ("max_connections", limits.max_connections == 0),
+            ("max_headers", limits.max_headers == 0),
+            (
+                "h2_max_concurrent_streams",
+                limits.h2_max_concurrent_streams == 0,
+            ),
+            (
+                "max_header_bytes (1KiB to 1MiB)",
+                !(1024..=1 << 20).contains(&limits.max_header_bytes),
+            ),
+            ("handshake_timeout", limits.handshake_timeout.is_zero()),
+            ("header_read_timeout", limits.header_read_timeout.is_zero()),
+            ("idle_timeout", limits.idle_timeout.is_zero()),
+        ] {
+            if bad {
+                d.push(
+                    file,
+                    Pos::default(),
+                    format!("limits.{key} is out of range"),
+                );
+            }
+        }
         let audit = match &raw.audit {
             None => AuditSink::Stdout,
             Some(a) => match (a.sink.value.as_str(), &a.path) {

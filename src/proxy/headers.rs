@@ -65,6 +65,58 @@ pub fn check_request_headers(h: &HeaderMap) -> Result<(), GatewayError> {
     Ok(())
 }
 
+/// The request head limits (431): number of header fields and their total size, counted
+/// as in HTTP/1 (`name: value\r\n`) plus the request target, whatever the protocol.
+pub fn check_header_limits(
+    h: &HeaderMap,
+    target_len: usize,
+    max_bytes: u64,
+    max_count: usize,
+) -> Result<(), GatewayError> {
+    if h.len() > max_count {
+        return Err(GatewayError::HeadersTooLarge("too many header fields"));
+    }
+    let size = h
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + target_len;
+    if size as u64 > max_bytes {
+        return Err(GatewayError::HeadersTooLarge("request head too large"));
+    }
+    Ok(())
+}
+
+/// HTTP/1 message framing (RFC 9112 6): one way to find the body's end, or a 400.
+/// hyper already refuses conflicting Content-Length values and a Transfer-Encoding that
+/// does not end in `chunked`; this also refuses what it tolerates: Content-Length together
+/// with Transfer-Encoding, Transfer-Encoding on HTTP/1.0, and any coding but a single
+/// `chunked` (no obfuscated or stacked codings are passed on).
+pub fn check_http1_framing(version: http::Version, h: &HeaderMap) -> Result<(), GatewayError> {
+    let te: Vec<_> = h.get_all(header::TRANSFER_ENCODING).iter().collect();
+    let cl = h.get_all(header::CONTENT_LENGTH).iter().count();
+    if cl > 1 {
+        return Err(GatewayError::BadRequest("more than one Content-Length"));
+    }
+    if te.is_empty() {
+        return Ok(());
+    }
+    if cl > 0 {
+        return Err(GatewayError::BadRequest(
+            "both Content-Length and Transfer-Encoding",
+        ));
+    }
+    if version == http::Version::HTTP_10 || version == http::Version::HTTP_09 {
+        return Err(GatewayError::BadRequest("Transfer-Encoding on HTTP/1.0"));
+    }
+    if te.len() != 1 || !te[0].as_bytes().eq_ignore_ascii_case(b"chunked") {
+        return Err(GatewayError::BadRequest(
+            "Transfer-Encoding other than 'chunked'",
+        ));
+    }
+    Ok(())
+}
+
 /// Removes everything a client may not forward. `keep_authorization` is the upstream's choice.
 pub fn sanitize_request_headers(h: &mut HeaderMap, keep_authorization: bool) {
     remove_connection_listed(h);

@@ -110,6 +110,7 @@ impl Gateway {
             masked: None,
             upstream_status: None,
         };
+        let http1 = req.version() != Version::HTTP_2;
         match self.phases(&mut ctx, req).await {
             Ok(mut resp) => {
                 if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
@@ -119,7 +120,13 @@ impl Gateway {
                 resp
             }
             Err(e) => {
-                let resp = e.to_response(&ctx.request_id);
+                let mut resp = e.to_response(&ctx.request_id);
+                if http1 && e.closes_http1_connection() {
+                    // The rest of this connection's bytes cannot be trusted to be framed
+                    // the way we think (or are an unread body): never read another request.
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
                 self.finish(&ctx, resp.status(), Some(&e));
                 resp
             }
@@ -156,7 +163,7 @@ impl Gateway {
         ctx: &mut RequestCtx,
         req: Request<Incoming>,
     ) -> Result<Response<Body>, GatewayError> {
-        let canonical = check_request(&req)?;
+        let canonical = check_request(&req, &self.settings.limits)?;
         ctx.canonical_path = Some(canonical.clone());
         let route_ix = decision::find_route(&ctx.rules, &ctx.method, &canonical)?;
         ctx.route = Some(route_ix);
@@ -258,9 +265,19 @@ impl Gateway {
                 res.data_access.as_str(),
             );
         }
+        // The body streams through; past the limit it fails, the upstream request is
+        // aborted (the upstream sees an unfinished message and a closed connection) and
+        // the client gets 413, with or without a Content-Length.
         let limit = self.settings.limits.max_request_body as usize;
+        let too_large = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = too_large.clone();
         let body: Body = http_body_util::Limited::new(body, limit)
-            .map_err(BoxError::from)
+            .map_err(move |e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    flag.store(true, Ordering::Relaxed);
+                }
+                e
+            })
             .boxed_unsync();
         let mut out = Request::new(body);
         *out.method_mut() = parts.method;
@@ -270,6 +287,7 @@ impl Gateway {
 
         let sent = tokio::time::timeout(us.timeout, upstream.client.request(out)).await;
         let resp = match sent {
+            _ if too_large.load(Ordering::Relaxed) => return Err(GatewayError::PayloadTooLarge),
             Err(_) => return Err(GatewayError::UpstreamTimeout),
             Ok(Err(e)) => {
                 tracing::warn!(upstream = %us.name, error = %e, "upstream request failed");
@@ -310,11 +328,23 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
 }
 
 /// Request-line and Host checks, then the canonical path.
-fn check_request(req: &Request<Incoming>) -> Result<String, GatewayError> {
+fn check_request(
+    req: &Request<Incoming>,
+    limits: &crate::config::settings::Limits,
+) -> Result<String, GatewayError> {
+    headers::check_header_limits(
+        req.headers(),
+        req.uri().path_and_query().map_or(0, |p| p.as_str().len()),
+        limits.max_header_bytes,
+        limits.max_headers,
+    )?;
     if req.method() == Method::CONNECT {
         return Err(GatewayError::BadRequest("CONNECT is not supported"));
     }
     headers::check_request_headers(req.headers())?;
+    if req.version() != Version::HTTP_2 {
+        headers::check_http1_framing(req.version(), req.headers())?;
+    }
     let uri = req.uri();
     let host_header = req.headers().get(header::HOST);
     if req.version() == Version::HTTP_2 {

@@ -4,7 +4,11 @@ pub mod admin;
 pub mod tls;
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
@@ -14,6 +18,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
+use crate::config::settings::Limits;
+use crate::error::{Body, BoxError};
 use crate::proxy::Gateway;
 
 /// Runs the accept loop until `shutdown` turns true; then waits for open connections to
@@ -25,8 +31,19 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let limits = gateway.settings.limits.clone();
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let max = limits.max_connections.min(Semaphore::MAX_PERMITS) as u32;
+    let permits = Arc::new(Semaphore::new(max as usize));
+    let settings = &gateway.settings;
+    if !settings.tls_cert.as_os_str().is_empty() {
+        tokio::spawn(tls::watch_files(
+            tls.clone(),
+            settings.tls_cert.clone(),
+            settings.tls_key.clone(),
+            settings.reload.poll_interval,
+            gateway.audit.clone(),
+            shutdown.clone(),
+        ));
+    }
     loop {
         // Beyond the connection limit, new connections wait in the kernel backlog.
         let permit = tokio::select! {
@@ -48,7 +65,7 @@ pub async fn serve(
         let acceptor = TlsAcceptor::from(tls.load_full());
         let gateway = gateway.clone();
         let limits = limits.clone();
-        let watcher = graceful.watcher();
+        let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let _open = OpenConnection::new(&gateway.metrics);
@@ -64,35 +81,172 @@ pub async fn serve(
                         return;
                     }
                 };
-            let svc = service_fn(move |req| {
-                let gateway = gateway.clone();
-                async move { Ok::<_, std::convert::Infallible>(gateway.handle(req, peer).await) }
-            });
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout)
-                .keep_alive(true);
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .max_concurrent_streams(256)
-                .keep_alive_interval(Some(limits.idle_timeout / 2))
-                .keep_alive_timeout(limits.idle_timeout);
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
+            serve_connection(stream, peer, gateway, &limits, shutdown).await;
         });
     }
     drop(listener);
+    // Open connections were told to finish (their tasks watch `shutdown`); each holds a
+    // permit until it ends, so all permits back means all connections closed.
     let drain = gateway.settings.limits.shutdown_deadline;
-    if tokio::time::timeout(drain, graceful.shutdown())
+    if tokio::time::timeout(drain, permits.acquire_many(max))
         .await
         .is_err()
     {
         tracing::warn!("shutdown deadline reached with connections still open");
+    }
+}
+
+/// HTTP/1.1 or h2 on one accepted TLS stream, with the protocol limits, the idle timeout
+/// and graceful shutdown.
+async fn serve_connection<I>(
+    io: I,
+    peer: SocketAddr,
+    gateway: Arc<Gateway>,
+    limits: &Limits,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Arc::new(Activity::new());
+    let tracker = activity.clone();
+    let svc = service_fn(move |req| {
+        let gateway = gateway.clone();
+        let guard = InFlight::new(tracker.clone());
+        async move {
+            let resp = gateway.handle(req, peer).await;
+            Ok::<_, std::convert::Infallible>(resp.map(|body| GuardedBody { body, guard }))
+        }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Heads between the gateway's own limits and twice them get the gateway's 431 with a
+    // problem body and an audit record; beyond that hyper and h2 refuse them on their own
+    // (431 as well) before anything is buffered further.
+    let head_cap = (limits.max_header_bytes as usize).saturating_mul(2);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_headers(limits.max_headers.saturating_mul(2))
+        .max_buf_size(head_cap.max(64 << 10))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(head_cap.min(u32::MAX as usize) as u32)
+        // h2's own defaults, pinned: streams a client resets before we accept them (rapid
+        // reset, CVE-2023-44487) and streams we reset for its errors, each bounded.
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(1024)
+        .keep_alive_interval(Some(limits.idle_timeout / 2))
+        .keep_alive_timeout(limits.idle_timeout);
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let idle = limits.idle_timeout;
+    let mut closing = *shutdown.borrow();
+    if closing {
+        conn.as_mut().graceful_shutdown();
+    }
+    let mut check_at = tokio::time::Instant::now() + idle;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            _ = shutdown.changed(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = tokio::time::sleep_until(check_at), if !closing => {
+                match activity.idle_for() {
+                    Some(quiet) if quiet >= idle => {
+                        tracing::debug!(%peer, "idle timeout");
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    Some(quiet) => check_at = tokio::time::Instant::now() + (idle - quiet),
+                    None => check_at = tokio::time::Instant::now() + idle,
+                }
+            }
+        }
+    }
+}
+
+/// Requests in flight on one connection and when the last one started or ended.
+struct Activity {
+    base: std::time::Instant,
+    last_ms: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            base: std::time::Instant::now(),
+            last_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+    fn touch(&self) {
+        let ms = self.base.elapsed().as_millis() as u64;
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+    /// How long the connection has had no request in flight; `None` while one is.
+    fn idle_for(&self) -> Option<Duration> {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let now = self.base.elapsed().as_millis() as u64;
+        Some(Duration::from_millis(
+            now.saturating_sub(self.last_ms.load(Ordering::Relaxed)),
+        ))
+    }
+}
+
+/// One request in flight, from the service call until its response body is done or
+/// dropped (also when the client goes away mid-request).
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn new(a: Arc<Activity>) -> Self {
+        a.in_flight.fetch_add(1, Ordering::Relaxed);
+        a.touch();
+        InFlight(a)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The response body, carrying its request's in-flight guard.
+struct GuardedBody {
+    body: Body,
+    #[allow(dead_code)]
+    guard: InFlight,
+}
+
+impl http_body::Body for GuardedBody {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -1,6 +1,6 @@
 //! TLS termination: TLS 1.2 and 1.3 only, aws-lc-rs, ALPN h2 and http/1.1.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
@@ -93,5 +93,58 @@ impl DevPki {
             cert_pem: leaf_cert.pem(),
             key_pem: leaf_key.serialize_pem(),
         })
+    }
+}
+
+/// Certificate and key reload without restart: polls the two files every `interval`
+/// and, when their bytes change and the new pair loads, swaps the server config that
+/// every new connection's handshake reads. A pair that does not load (half-written, key
+/// not matching) is refused and the last good one stays; it is tried again on the next
+/// change. Each attempt writes an audit record.
+pub async fn watch_files(
+    tls: Arc<arc_swap::ArcSwap<rustls::ServerConfig>>,
+    cert: PathBuf,
+    key: PathBuf,
+    interval: std::time::Duration,
+    audit: Arc<crate::audit::AuditLog>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let read = |cert: &Path, key: &Path| -> Option<(Vec<u8>, Vec<u8>)> {
+        Some((std::fs::read(cert).ok()?, std::fs::read(key).ok()?))
+    };
+    let mut last = read(&cert, &key);
+    let interval = interval.max(std::time::Duration::from_millis(50));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.changed() => return,
+        }
+        let now = read(&cert, &key);
+        if now.is_none() || now == last {
+            // A missing file is a rotation in progress (or a mistake): keep serving.
+            continue;
+        }
+        last = now.clone();
+        let (c, k) = now.expect("checked");
+        let outcome = std::str::from_utf8(&c)
+            .ok()
+            .zip(std::str::from_utf8(&k).ok())
+            .ok_or_else(|| "not PEM text".to_string())
+            .and_then(|(c, k)| server_config_from_pem(c, k).map_err(|e| e.to_string()));
+        let record = match outcome {
+            Ok(cfg) => {
+                tls.store(cfg);
+                tracing::info!(cert = %cert.display(), "TLS certificate reloaded");
+                serde_json::json!({"type": "tls_reload", "ts": crate::audit::humantime_now(),
+                    "cert": cert.display().to_string(), "outcome": "applied"})
+            }
+            Err(e) => {
+                tracing::warn!(cert = %cert.display(), error = %e,
+                    "TLS certificate change refused; the previous certificate stays");
+                serde_json::json!({"type": "tls_reload", "ts": crate::audit::humantime_now(),
+                    "cert": cert.display().to_string(), "outcome": "refused", "error": e})
+            }
+        };
+        audit.write(&record);
     }
 }
