@@ -39,29 +39,41 @@ async fn upstream_slow_is_504() {
     assert_eq!(r.status, 200, "a fast request right after still works");
 }
 
+/// A gateway whose upstream is the TLS echo `upstream`, trusting `ca_pem`.
+async fn via_tls_upstream(
+    upstream: &crate::support::Echo,
+    ca_pem: &str,
+    h2: bool,
+) -> (Harness, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("upstream-ca.pem");
+    std::fs::write(&ca, ca_pem).unwrap();
+    let port = upstream.addr.port();
+    let h = Harness::start_with(Options {
+        tweak: Some(Box::new(move |s| {
+            let u = &mut s.upstreams[0];
+            u.scheme = http::uri::Scheme::HTTPS;
+            u.authority = format!("localhost:{port}").parse().unwrap();
+            u.ca = Some(ca);
+            u.http2 = h2;
+        })),
+        ..Options::default()
+    })
+    .await;
+    (h, dir)
+}
+
+fn tls_echo_config(pki: &phigate::server::tls::DevPki) -> std::sync::Arc<rustls::ServerConfig> {
+    phigate::server::tls::server_config_from_pem(&pki.cert_pem, &pki.key_pem).unwrap()
+}
+
 /// `https://` upstreams with a private CA (`ca:`), over HTTP/1.1 and HTTP/2.
 #[tokio::test]
 async fn tls_upstream_with_private_ca_over_h1_and_h2() {
     for h2 in [false, true] {
         let pki = phigate::server::tls::DevPki::generate().unwrap();
-        let tls =
-            phigate::server::tls::server_config_from_pem(&pki.cert_pem, &pki.key_pem).unwrap();
-        let upstream = crate::support::Echo::start_tls(tls).await;
-        let dir = tempfile::tempdir().unwrap();
-        let ca = dir.path().join("upstream-ca.pem");
-        std::fs::write(&ca, &pki.ca_pem).unwrap();
-        let port = upstream.addr.port();
-        let h = Harness::start_with(Options {
-            tweak: Some(Box::new(move |s| {
-                let u = &mut s.upstreams[0];
-                u.scheme = http::uri::Scheme::HTTPS;
-                u.authority = format!("localhost:{port}").parse().unwrap();
-                u.ca = Some(ca);
-                u.http2 = h2;
-            })),
-            ..Options::default()
-        })
-        .await;
+        let upstream = crate::support::Echo::start_tls(tls_echo_config(&pki)).await;
+        let (h, _dir) = via_tls_upstream(&upstream, &pki.ca_pem, h2).await;
         let r = h.get_as(Some("dana@clinic.example"), "/api/reports").await;
         assert_eq!(
             r.status,
@@ -91,22 +103,8 @@ async fn tls_upstream_with_private_ca_over_h1_and_h2() {
 async fn tls_upstream_with_an_untrusted_certificate_is_502() {
     let pki = phigate::server::tls::DevPki::generate().unwrap();
     let other = phigate::server::tls::DevPki::generate().unwrap();
-    let tls = phigate::server::tls::server_config_from_pem(&pki.cert_pem, &pki.key_pem).unwrap();
-    let upstream = crate::support::Echo::start_tls(tls).await;
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("other-ca.pem");
-    std::fs::write(&ca, &other.ca_pem).unwrap();
-    let port = upstream.addr.port();
-    let h = Harness::start_with(Options {
-        tweak: Some(Box::new(move |s| {
-            let u = &mut s.upstreams[0];
-            u.scheme = http::uri::Scheme::HTTPS;
-            u.authority = format!("localhost:{port}").parse().unwrap();
-            u.ca = Some(ca);
-        })),
-        ..Options::default()
-    })
-    .await;
+    let upstream = crate::support::Echo::start_tls(tls_echo_config(&pki)).await;
+    let (h, _dir) = via_tls_upstream(&upstream, &other.ca_pem, false).await;
     assert_eq!(
         h.get_as(Some("dana@clinic.example"), "/api/reports")
             .await
