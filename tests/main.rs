@@ -7,6 +7,7 @@ mod support;
 
 mod check_cli;
 mod cli;
+mod hardening;
 mod headers;
 mod masking_e2e;
 mod matrix;
