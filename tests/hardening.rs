@@ -95,6 +95,7 @@ pub fn get(path: &str, token: &str) -> Vec<u8> {
 
 /// A raw HTTP/2 client: frames written by hand, so it can send what a well-behaved client
 /// never would.
+#[allow(dead_code)] // shared with the smuggling tests
 pub mod h2raw {
     use super::*;
 
