@@ -13,5 +13,6 @@ mod masking_e2e;
 mod matrix;
 mod ops;
 mod paths;
+mod smuggling;
 mod tokens;
 mod upstream_faults;

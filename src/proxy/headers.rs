@@ -52,6 +52,20 @@ fn is_phigate_header(name: &str) -> bool {
     folded.starts_with("x-phigate-") || folded == "x-phigate"
 }
 
+/// `Transfer_Encoding`, `content.length` and the like: not framing headers to us, but some
+/// upstream stacks (CGI-style, frameworks folding `_` into `-`) read them as such, and then
+/// the two sides would disagree on where the message ends. They never cross.
+fn is_framing_lookalike(name: &str) -> bool {
+    if !name.contains(['_', '.']) {
+        return false;
+    }
+    let folded = name.replace(['_', '.'], "-").to_ascii_lowercase();
+    folded == "content-length"
+        || folded == "host"
+        || HOP_BY_HOP.contains(&folded.as_str())
+        || GATEWAY_OWNED.contains(&folded.as_str())
+}
+
 /// Checks a client's request headers for things that make the request ambiguous.
 pub fn check_request_headers(h: &HeaderMap) -> Result<(), GatewayError> {
     if h.get_all(header::AUTHORIZATION).iter().count() > 1 {
@@ -129,7 +143,7 @@ pub fn sanitize_request_headers(h: &mut HeaderMap, keep_authorization: bool) {
     }
     let ours: Vec<HeaderName> = h
         .keys()
-        .filter(|k| is_phigate_header(k.as_str()))
+        .filter(|k| is_phigate_header(k.as_str()) || is_framing_lookalike(k.as_str()))
         .cloned()
         .collect();
     for k in ours {
