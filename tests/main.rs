@@ -6,6 +6,7 @@
 mod support;
 
 mod check_cli;
+mod faults;
 mod cli;
 mod hardening;
 mod headers;

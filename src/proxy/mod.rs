@@ -22,7 +22,7 @@ use crate::auth::jwt::{Identity, JwtVerifier};
 use crate::config::rules::{Route, RuleSnapshot};
 use crate::config::settings::Settings;
 use crate::decision;
-use crate::error::{Body, BoxError, GatewayError};
+use crate::error::{Body, GatewayError};
 use crate::masking::{FieldSet, MaskReport};
 use crate::routing::canonical::canonical_path;
 use crate::telemetry::Metrics;
@@ -301,7 +301,29 @@ impl Gateway {
         parts.version = Version::HTTP_11;
         let resp = Response::from_parts(parts, body);
         match ctx.mask.clone() {
-            None => Ok(resp.map(|b| b.map_err(BoxError::from).boxed_unsync())),
+            None => {
+                // Passed through as it streams: a failure after this point can only break
+                // the response (never complete it), and is audited on its own record.
+                let audit = self.audit.clone();
+                let metrics = self.metrics.clone();
+                let request_id = ctx.request_id.clone();
+                let route_name = route.name.clone();
+                let on_abort: upstream::OnAbort = Box::new(move |why| {
+                    metrics.upstream_errors.fetch_add(1, Ordering::Relaxed);
+                    audit.write(&serde_json::json!({
+                        "type": "response_aborted",
+                        "ts": crate::audit::humantime_now(),
+                        "request_id": request_id,
+                        "route": route_name,
+                        "reason": why,
+                    }));
+                });
+                Ok(
+                    resp.map(|b| {
+                        upstream::WatchedBody::new(b, us.timeout, on_abort).boxed_unsync()
+                    }),
+                )
+            }
             Some(set) => {
                 let job = filter::MaskJob {
                     set,
@@ -311,7 +333,10 @@ impl Gateway {
                     max_body: self.settings.limits.max_masked_body,
                     max_depth: self.settings.limits.max_json_depth,
                 };
-                let filtered = job.run(resp).await?;
+                // The whole body must arrive within the upstream timeout to be masked.
+                let filtered = tokio::time::timeout(us.timeout, job.run(resp))
+                    .await
+                    .map_err(|_| GatewayError::UpstreamTimeout)??;
                 ctx.masked = filtered.report;
                 Ok(filtered.response)
             }

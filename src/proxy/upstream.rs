@@ -76,3 +76,77 @@ impl Upstream {
         })
     }
 }
+
+/// What happened to an upstream body after the response head was already sent on.
+pub type OnAbort = Box<dyn FnOnce(&'static str) + Send>;
+
+/// A passed-through upstream response body that fails (so the client sees a broken
+/// response, never a complete-looking one) when the upstream errors or sends nothing for
+/// `idle`, and reports either once.
+pub struct WatchedBody {
+    inner: hyper::body::Incoming,
+    idle: std::time::Duration,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    on_abort: Option<OnAbort>,
+}
+
+impl WatchedBody {
+    pub fn new(inner: hyper::body::Incoming, idle: std::time::Duration, on_abort: OnAbort) -> Self {
+        WatchedBody {
+            inner,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+            on_abort: Some(on_abort),
+        }
+    }
+
+    fn abort(&mut self, why: &'static str) {
+        if let Some(f) = self.on_abort.take() {
+            f(why);
+        }
+    }
+}
+
+impl http_body::Body for WatchedBody {
+    type Data = bytes::Bytes;
+    type Error = crate::error::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(f))) => {
+                let at = tokio::time::Instant::now() + this.idle;
+                this.timer.as_mut().reset(at);
+                Poll::Ready(Some(Ok(f)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.abort("upstream_body_error");
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                this.on_abort = None;
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if this.timer.as_mut().poll(cx).is_ready() {
+                    this.abort("upstream_body_timeout");
+                    return Poll::Ready(Some(Err("the upstream stalled mid-body".into())));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
