@@ -111,12 +111,28 @@ impl Gateway {
             upstream_status: None,
         };
         let http1 = req.version() != Version::HTTP_2;
-        match self.phases(&mut ctx, req).await {
+        let mut resp = self.respond(&mut ctx, req, http1).await;
+        // Served over TLS only: browsers should never try plain HTTP, nor sniff types.
+        let h = resp.headers_mut();
+        h.entry(header::STRICT_TRANSPORT_SECURITY)
+            .or_insert(HeaderValue::from_static("max-age=31536000"));
+        h.entry(header::X_CONTENT_TYPE_OPTIONS)
+            .or_insert(HeaderValue::from_static("nosniff"));
+        resp
+    }
+
+    async fn respond(
+        &self,
+        ctx: &mut RequestCtx,
+        req: Request<Incoming>,
+        http1: bool,
+    ) -> Response<Body> {
+        match self.phases(ctx, req).await {
             Ok(mut resp) => {
                 if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
                     resp.headers_mut().insert("x-request-id", v);
                 }
-                self.finish(&ctx, resp.status(), None);
+                self.finish(ctx, resp.status(), None);
                 resp
             }
             Err(e) => {
@@ -127,7 +143,7 @@ impl Gateway {
                     resp.headers_mut()
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 }
-                self.finish(&ctx, resp.status(), Some(&e));
+                self.finish(ctx, resp.status(), Some(&e));
                 resp
             }
         }

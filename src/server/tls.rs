@@ -57,6 +57,8 @@ fn server_config(
         .with_single_cert(certs, key)
         .map_err(|e| TlsError::Config(e.to_string()))?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // The server's order (rustls': AEAD suites, strongest first), not the client's.
+    cfg.ignore_client_order = true;
     Ok(Arc::new(cfg))
 }
 
