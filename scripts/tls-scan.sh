@@ -23,18 +23,20 @@ if [ -z "$TESTSSL" ]; then
 fi
 # A debug build serves the same TLS configuration and builds faster.
 cargo build --quiet --locked
-PORT="${PHIGATE_SCAN_PORT:-18443}"
-ADMIN="${PHIGATE_SCAN_ADMIN_PORT:-19901}"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PORT="${PHIGATE_SCAN_PORT:-$(free_port)}"
+ADMIN="${PHIGATE_SCAN_ADMIN_PORT:-$(free_port)}"
 CERTS="$(mktemp -d)"
 trap 'kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; rm -rf "$CERTS"' EXIT
 ./target/debug/phigate demo --listen "127.0.0.1:$PORT" --admin-listen "127.0.0.1:$ADMIN" \
   --certs "$CERTS" >"$OUT/gateway.log" 2>&1 &
 PID=$!
-for _ in $(seq 1 100); do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then break; fi
+for _ in $(seq 1 300); do
+  if grep -q "export TOKEN_" "$OUT/gateway.log" 2>/dev/null; then break; fi
+  kill -0 "$PID" 2>/dev/null || { cat "$OUT/gateway.log"; echo "phigate demo did not start"; exit 1; }
   sleep 0.1
 done
-rm -f "$OUT/testssl.json"
+rm -f "$OUT/testssl.json" "$OUT/testssl.log"
 # --add-ca: trust the demo's CA, so chain findings are about phigate, not a stranger's cert.
 "$TESTSSL" --quiet --color 0 --warnings off --sneaky --add-ca "$CERTS/ca.pem" \
   --jsonfile "$OUT/testssl.json" --logfile "$OUT/testssl.log" \
@@ -59,6 +61,9 @@ for f in findings:
         cert_notes.append(f"{sev:8} {fid}: {text}")
     else:
         bad.append(f"{sev:8} {fid}: {text}")
+fatal = [f for f in findings if f.get("severity") == "FATAL"]
+if fatal or "TLS1_2" not in protos:
+    print("FAIL: the scan did not complete:", fatal); sys.exit(1)
 legacy = [p for p in ("SSLv2", "SSLv3", "TLS1", "TLS1_1") if "not offered" not in protos.get(p, "not offered")]
 lines = ["protocols:"] + [f"  {k}: {v}" for k, v in protos.items()]
 lines += ["gateway findings MEDIUM or worse: " + (str(len(bad)) if bad else "none")] + [f"  {b}" for b in bad]
