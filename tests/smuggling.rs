@@ -375,3 +375,36 @@ async fn h2_content_length_mismatch_never_forwards_a_complete_message() {
         .unwrap();
     assert_eq!(raw_status(&r), 200);
 }
+
+/// Fuzzing regression (canonical_path, input "/`p/i."): a path the http crate cannot carry
+/// is refused with a 4xx, never a 5xx, and never forwarded altered.
+#[tokio::test]
+async fn unusual_target_characters_are_refused_or_forwarded_verbatim() {
+    let h = Harness::start().await;
+    let t = h.token(DPO);
+    for path in [
+        "/`p/i.",
+        "/api/maps/`x/embed",
+        "/api/maps/{x}/embed",
+        "/api/maps/\"x\"/embed",
+        "/api/maps/x^y/embed",
+        "/api/maps/x|y/embed",
+    ] {
+        let before = h.upstream.count();
+        let out = raw_all(
+            &h,
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {t}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+        let st = statuses(&out);
+        assert_eq!(st.len(), 1, "{path}: {out}");
+        let forwarded = h.upstream.count() > before;
+        if forwarded {
+            assert_eq!(st[0], 200, "{path}: {out}");
+            assert_eq!(h.upstream.requests().pop().unwrap().target, path);
+        } else {
+            assert!((400..500).contains(&st[0]), "{path}: {out}");
+        }
+    }
+}

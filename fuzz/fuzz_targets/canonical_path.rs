@@ -34,6 +34,10 @@ fuzz_target!(|data: &[u8]| {
             );
         }
     }
-    // What is forwarded must be a valid request target.
-    assert!(http::uri::PathAndQuery::try_from(c.as_str()).is_ok(), "{c:?}");
+    // Canonicalisation never turns a valid request target into one that cannot be
+    // forwarded (a raw path the http crate refuses, e.g. with '`', never reaches us: hyper
+    // answers 400 first; the forward phase would refuse it too).
+    if http::uri::PathAndQuery::try_from(raw).is_ok() {
+        assert!(http::uri::PathAndQuery::try_from(c.as_str()).is_ok(), "{raw:?} -> {c:?}");
+    }
 });
