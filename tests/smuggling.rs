@@ -408,3 +408,54 @@ async fn unusual_target_characters_are_refused_or_forwarded_verbatim() {
         }
     }
 }
+
+/// Fuzzing regression (canonical_path, input "/a/%eeee user/x%20y"): canonical_path keeps a
+/// raw space; no request can deliver one. HTTP/1 splits the request line on it (400) and
+/// HTTP/2 refuses such a `:path`: nothing is forwarded either way.
+#[tokio::test]
+async fn raw_spaces_and_controls_in_paths_never_reach_the_upstream() {
+    let h = Harness::start().await;
+    let t = h.token(DPO);
+    let auth = format!("Bearer {t}");
+    let out = raw_all(
+        &h,
+        format!(
+            "GET /api/maps/a b/embed HTTP/1.1\r\nHost: localhost\r\nAuthorization: {auth}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(
+        statuses(&out).iter().all(|s| (400..500).contains(s)),
+        "{out}"
+    );
+    let mut c = h2raw::Conn::open(&h).await;
+    let mut stream = 1;
+    for path in [
+        "/api/maps/a b/embed",
+        "/api/maps/a\tb/embed",
+        "/api/maps/a\u{7f}b/embed",
+    ] {
+        let block = h2raw::request("GET", path, &[("authorization", &auth)]);
+        c.send(&h2raw::frame(
+            h2raw::HEADERS,
+            h2raw::END_HEADERS | h2raw::END_STREAM,
+            stream,
+            &block,
+        ))
+        .await
+        .unwrap();
+        let frames = c.until_stream_end(stream, Duration::from_secs(3)).await;
+        let ok = frames.iter().any(|f| {
+            f.stream == stream && f.ty == h2raw::HEADERS && f.payload.first() == Some(&0x88)
+        });
+        assert!(!ok, "{path:?} answered 200: {frames:?}");
+        if frames.iter().any(|f| f.ty == h2raw::GOAWAY) {
+            c = h2raw::Conn::open(&h).await;
+            stream = 1;
+        } else {
+            stream += 2;
+        }
+    }
+    assert_eq!(h.upstream.count(), 0, "{:?}", h.upstream.requests());
+}

@@ -18,6 +18,13 @@ fuzz_target!(|data: &[u8]| {
     for seg in c.split('/') {
         assert!(seg != "." && seg != "..", "{c:?}");
     }
+    // Finding 2: canonical_path keeps raw characters a URI cannot carry (a space, '`', '{'
+    // ...) when its input has them. No request can deliver such a path (hyper and h2 refuse
+    // it first; tested in tests/smuggling.rs), so the character checks below apply to the
+    // inputs a request can carry.
+    if http::uri::PathAndQuery::try_from(raw).is_err() {
+        return;
+    }
     let b = c.as_bytes();
     for (i, &x) in b.iter().enumerate() {
         assert!((0x21..0x7f).contains(&x), "{c:?}");
@@ -35,9 +42,6 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     // Canonicalisation never turns a valid request target into one that cannot be
-    // forwarded (a raw path the http crate refuses, e.g. with '`', never reaches us: hyper
-    // answers 400 first; the forward phase would refuse it too).
-    if http::uri::PathAndQuery::try_from(raw).is_ok() {
-        assert!(http::uri::PathAndQuery::try_from(c.as_str()).is_ok(), "{raw:?} -> {c:?}");
-    }
+    // forwarded (finding 1: '/`p/i.').
+    assert!(http::uri::PathAndQuery::try_from(c.as_str()).is_ok(), "{raw:?} -> {c:?}");
 });

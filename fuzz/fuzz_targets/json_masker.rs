@@ -79,6 +79,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok(mut doc) = serde_json::from_slice::<Value>(data) else {
         return;
     };
+    // The marker must come from planting only (libFuzzer learns it from comparisons and
+    // puts it in unmasked places of the input itself: finding 1, a harness issue).
+    if doc.to_string().contains(SECRET) || doc.to_string().contains("123-45-6789") {
+        return;
+    }
     if depth(&doc) > 60 {
         return;
     }
