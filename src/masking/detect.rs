@@ -110,11 +110,24 @@ impl Detectors {
         let (digit, at) = if self.custom {
             (true, true)
         } else {
-            let (mut digits, mut plus, mut at) = (0usize, false, false);
+            // Every built-in numeric match lies within one run of digits and the separators
+            // they allow (` .-()+`): count digits per such run, not per string, so dates and
+            // timestamps (`2019-04-19T04:10:53Z`: runs of 8 and 6) skip the regexes too.
+            let (mut run, mut digits, mut plus, mut at) = (0usize, 0usize, false, false);
             for &c in s.as_bytes() {
-                digits += usize::from(c.is_ascii_digit());
-                plus |= c == b'+';
-                at |= c == b'@';
+                match c {
+                    b'0'..=b'9' => {
+                        run += 1;
+                        digits = digits.max(run);
+                    }
+                    b' ' | b'.' | b'-' | b'(' | b')' => {}
+                    b'+' => plus = true,
+                    b'@' => {
+                        at = true;
+                        run = 0;
+                    }
+                    _ => run = 0,
+                }
             }
             (
                 self.any_digit_based && (digits >= 9 || (digits == 8 && plus)),

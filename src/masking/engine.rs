@@ -54,9 +54,9 @@ pub fn slow_hits(set: &FieldSet, doc: &Value) -> Option<Trie> {
 /// Per member name: which key rules match, and whether any fast-path name
 /// selector mentions it.
 #[derive(Clone, Copy)]
-struct KeyInfo {
-    key_rules: u64,
-    named: bool,
+pub(super) struct KeyInfo {
+    pub key_rules: u64,
+    pub named: bool,
 }
 
 /// Linked path on the call stack; turned into a string only for reports.
@@ -84,11 +84,14 @@ fn render(node: Option<&PathNode<'_>>) -> String {
 }
 
 pub struct Walker<'s, 'r> {
-    set: &'s FieldSet,
-    report: &'r mut MaskReport,
+    pub(super) set: &'s FieldSet,
+    pub(super) report: &'r mut MaskReport,
     /// Fast-rule NFA states, one frame of `set.fast.len()` words per depth.
     states: Vec<u64>,
-    max_depth: usize,
+    /// Per frame: whether the next frame holds this frame's transition on a member name
+    /// no selector mentions (then the next such step has nothing to recompute).
+    unnamed_next: Vec<bool>,
+    pub(super) max_depth: usize,
     pub too_deep: bool,
 }
 
@@ -103,6 +106,7 @@ impl<'s, 'r> Walker<'s, 'r> {
             set,
             report,
             states,
+            unnamed_next: vec![false; 8],
             max_depth,
             too_deep: false,
         }
@@ -115,7 +119,7 @@ impl<'s, 'r> Walker<'s, 'r> {
         }
     }
 
-    fn key_info(&self, k: &str) -> KeyInfo {
+    pub(super) fn key_info(&self, k: &str) -> KeyInfo {
         let mut key_rules = 0u64;
         for (bit, kr) in self.set.keys.iter().enumerate() {
             // Length bounds from the regex skip most evaluations.
@@ -131,11 +135,22 @@ impl<'s, 'r> Walker<'s, 'r> {
     }
 
     /// Child NFA frame at `off + R` from the frame at `off`.
-    fn step_states(&mut self, off: usize, step: StepRef<'_>, named: bool) {
+    pub(super) fn step_states(&mut self, off: usize, step: StepRef<'_>, named: bool) {
         let r = self.set.fast.len();
         if self.states.len() < off + 2 * r {
             self.states.resize(off + 2 * r, 0);
         }
+        let frame = off / r;
+        if self.unnamed_next.len() < frame + 2 {
+            self.unnamed_next.resize(frame + 2, false);
+        }
+        let unnamed = !named && matches!(step, StepRef::Key(_));
+        if unnamed && self.unnamed_next[frame] {
+            return;
+        }
+        // The next frame changes: what was derived from it is stale.
+        self.unnamed_next[frame] = unnamed;
+        self.unnamed_next[frame + 1] = false;
         let (cur, next) = self.states[off..off + 2 * r].split_at_mut(r);
         for (i, fr) in self.set.fast.iter().enumerate() {
             let s = cur[i];
@@ -151,17 +166,16 @@ impl<'s, 'r> Walker<'s, 'r> {
         }
     }
 
-    /// Returns true if the node must be removed from its parent.
-    fn visit(
-        &mut self,
-        v: &mut Value,
+    /// The rule selecting the node at NFA frame `off`, if any: the lowest
+    /// (rank, is_key_rule, file position) among the fast rules accepting here,
+    /// the slow-path hits and the key rules of its member name.
+    #[inline]
+    pub(super) fn winner(
+        &self,
         off: usize,
-        depth: usize,
         trie: Option<&Trie>,
         key: Option<KeyInfo>,
-        path: Option<&PathNode<'_>>,
-    ) -> bool {
-        // Pick the winning rule: lowest (rank, is_key_rule, file position).
+    ) -> Option<u32> {
         let mut best: Option<(u8, bool, u32, u32)> = None;
         let mut consider = |rule: u32, is_key: bool| {
             let a = &self.set.rules[rule as usize];
@@ -187,7 +201,20 @@ impl<'s, 'r> Walker<'s, 'r> {
                 consider(self.set.keys[b].rule, true);
             }
         }
-        if let Some((_, _, _, rule)) = best {
+        best.map(|(_, _, _, rule)| rule)
+    }
+
+    /// Returns true if the node must be removed from its parent.
+    fn visit(
+        &mut self,
+        v: &mut Value,
+        off: usize,
+        depth: usize,
+        trie: Option<&Trie>,
+        key: Option<KeyInfo>,
+        path: Option<&PathNode<'_>>,
+    ) -> bool {
+        if let Some(rule) = self.winner(off, trie, key) {
             // The replaced subtree is not walked; still enforce the depth limit.
             if (v.is_object() || v.is_array()) && depth + depth_of(v) > self.max_depth {
                 self.too_deep = true;

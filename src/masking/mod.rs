@@ -18,6 +18,7 @@ mod cts;
 pub mod detect;
 mod engine;
 pub mod path;
+mod stream;
 #[cfg(test)]
 mod tests;
 
@@ -223,11 +224,32 @@ impl FieldSet {
             return Err(MaskError::Bom);
         }
         let text = std::str::from_utf8(body).map_err(|_| MaskError::InvalidUtf8)?;
+        if stream::supported(self) {
+            let mut report = MaskReport::default();
+            if let Some(out) = stream::mask(self, text, max_depth, &mut report) {
+                #[cfg(test)]
+                {
+                    // Every unit test doubles as a check that both engines agree exactly.
+                    let tree = self.mask_tree(text, max_depth);
+                    assert_eq!(
+                        tree.as_ref().map(|(o, r)| (String::from_utf8_lossy(o), r)),
+                        Ok((String::from_utf8_lossy(&out), &report)),
+                        "streaming and tree masking differ for {text}"
+                    );
+                }
+                return Ok((out, report));
+            }
+        }
+        self.mask_tree(text, max_depth)
+    }
+
+    /// The tree walk: parse into a `Value`, mask it, serialize it.
+    fn mask_tree(&self, text: &str, max_depth: usize) -> Result<(Vec<u8>, MaskReport), MaskError> {
         let mut value: Value = serde_json::from_str(text).map_err(|e| classify_json_error(&e))?;
         let mut report = MaskReport::default();
         self.mask_inner(&mut value, &mut report, max_depth)?;
         // Output is about as large as the input: avoid repeated regrowth.
-        let mut out = Vec::with_capacity(body.len());
+        let mut out = Vec::with_capacity(text.len());
         serde_json::to_writer(&mut out, &value).map_err(|_| MaskError::Serialize)?;
         Ok((out, report))
     }

@@ -1,0 +1,287 @@
+#!/usr/bin/env python3
+"""End-to-end load bench: phigate beside the nginx peers, in one run, interleaved.
+
+Targets (all on loopback; every HTTPS target is TLS with a P-256 certificate, HTTP/1.1 keep-alive):
+  upstream        nginx static files, plain HTTP :18080 (the floor every proxy adds to)
+  nginx_proxy     peer D  https://127.0.0.1:18443/patients/...        plain TLS reverse proxy
+  nginx_lua_mask  peer D2 https://127.0.0.1:18443/masked/patients/... + bearer check + Lua/cjson masking
+  phigate_pass    phigate, full-access caller (JWT verified, route permission, no masking)
+  phigate_masked  phigate, anonymized caller (masked with the `bench` set: the peers' masking)
+for 1 KB / 64 KB / 1 MB bodies at two concurrencies, several repetitions; medians are reported.
+CPU us/request is the utime+stime of the proxy's own processes (nginx master+workers of the peer;
+the phigate process) over the run divided by the requests wrk completed: contention distorts it least.
+
+Usage: benches/load.sh [--smoke] [--reps N] [--duration S] [--conns 8,64] [--sizes small,medium,large]
+"""
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+TOKEN_PEER = "bench-token-0123456789abcdef"
+HZ = os.sysconf("SC_CLK_TCK")
+SIZES = {"small": "1KB", "medium": "64KB", "large": "1MB"}
+TARGETS = ["upstream", "nginx_proxy", "nginx_lua_mask", "phigate_pass", "phigate_masked"]
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def port_open(port):
+    with socket.socket() as s:
+        s.settimeout(0.3)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def children(pid):
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                st = open(f"/proc/{d}/stat").read()
+            except OSError:
+                continue
+            if int(st[st.rindex(")") + 2:].split()[1]) == pid:
+                out.append(int(d))
+    return out
+
+
+def cpu_ticks(pids):
+    t = 0
+    for p in pids:
+        try:
+            st = open(f"/proc/{p}/stat").read()
+        except OSError:
+            continue
+        f = st[st.rindex(")") + 2:].split()
+        t += int(f[11]) + int(f[12])  # utime + stime
+    return t
+
+
+def status_kb(pid, key):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return None
+
+
+def run_wrk(url, header, conns, duration, timeout_s=10):
+    cmd = ["wrk", "-t1", f"-c{conns}", f"-d{duration}s", f"--timeout={timeout_s}s",
+           "-s", os.path.join(HERE, "wrk_report.lua")]
+    if header:
+        cmd += ["-H", header]
+    cmd.append(url)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60).stdout
+    m = re.search(r"WRKJSON (\{.*\})", out)
+    if not m:
+        raise RuntimeError(f"wrk gave no result for {url}:\n{out}")
+    r = json.loads(m.group(1))
+    r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+    return r
+
+
+def percentile(sorted_vals, p):
+    if not sorted_vals:
+        return 0
+    k = min(len(sorted_vals) - 1, max(0, int(round(p / 100 * len(sorted_vals) + 0.5)) - 1))
+    return sorted_vals[k]
+
+
+def run_h2load_rate(url, header, rate, duration, clients=10):
+    """Fixed request rate (open loop per client); latencies from h2load's per-request log."""
+    logf = f"/tmp/phigate-load-h2load-{os.getpid()}.log"
+    per = max(1, round(rate / clients))
+    cmd = ["h2load", "--h1", "-c", str(clients), "--rps", str(per), "-D", str(duration),
+           "--warm-up-time", "1", "--log-file", logf]
+    if header:
+        cmd += ["-H", header]
+    cmd.append(url)
+    subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
+    lat = sorted(int(l.split("\t")[2]) for l in open(logf) if l.count("\t") >= 2 and l.split("\t")[1] == "200")
+    n_all = sum(1 for _ in open(logf))
+    os.unlink(logf)
+    return {"rate": per * clients, "ok": len(lat), "all": n_all, "p50": percentile(lat, 50),
+            "p99": percentile(lat, 99), "p999": percentile(lat, 99.9)}
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def fmt_us(us):
+    if us is None:
+        return "-"
+    return f"{us / 1000:.2f} ms" if us >= 1000 else f"{us:.0f} us"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--smoke", action="store_true", help="~5 s: 1 KB only, one concurrency, 1 s per target")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    ap.add_argument("--conns", default="8,64")
+    ap.add_argument("--sizes", default="small,medium,large")
+    ap.add_argument("--gateway-bin", default=os.environ.get("BENCH_GATEWAY_BIN"))
+    ap.add_argument("--peers", default=os.environ.get("BENCH_PEERS", os.path.join(REPO, "..", "shared", "bench-peers")))
+    ap.add_argument("--out", default="/tmp/phigate-load")
+    ap.add_argument("--audit", default="file", choices=["file", "discard"])
+    ap.add_argument("--fields", default="bench", choices=["bench", "patient"])
+    ap.add_argument("--no-extras", action="store_true", help="skip the half-peak latency and idle-connection runs")
+    a = ap.parse_args()
+    if a.smoke:
+        a.reps, a.duration, a.conns, a.sizes, a.no_extras = 1, 1, "8", "small", True
+    conns = [int(c) for c in a.conns.split(",")]
+    sizes = a.sizes.split(",")
+    os.makedirs(a.out, exist_ok=True)
+
+    if not (port_open(18080) and port_open(18443)):
+        log("starting the peers ...")
+        subprocess.run(["bash", os.path.join(a.peers, "start_peers.sh")], check=True)
+    pids = [int(l) for l in open("/tmp/bench-peers/pids").read().split()]
+    upstream_master, tls_master = pids[0], pids[3]
+    nginx_up = [upstream_master] + children(upstream_master)
+    nginx_tls = [tls_master] + children(tls_master)
+
+    gw_dir = os.path.join(a.out, "gateway")
+    gw = subprocess.Popen([a.gateway_bin, "serve", "--dir", gw_dir, "--audit", a.audit, "--fields", a.fields],
+                          stdout=subprocess.PIPE, stderr=open(os.path.join(a.out, "gateway.stderr"), "w"), text=True)
+    info = json.loads(gw.stdout.readline())
+    gpid, gaddr = info["pid"], info["addr"]
+    log(f"phigate pid {gpid} on {gaddr} (fields: {a.fields}, audit: {a.audit})")
+    bearer = lambda t: f"Authorization: Bearer {t}"
+    spec = {
+        "upstream": ("http://127.0.0.1:18080/patients/{f}.json", None, nginx_up),
+        "nginx_proxy": ("https://127.0.0.1:18443/patients/{f}.json", None, nginx_tls),
+        "nginx_lua_mask": ("https://127.0.0.1:18443/masked/patients/{f}.json", bearer(TOKEN_PEER), nginx_tls),
+        "phigate_pass": ("https://" + gaddr + "/patients/{f}.json", bearer(info["token_full"]), [gpid]),
+        "phigate_masked": ("https://" + gaddr + "/patients/{f}.json", bearer(info["token_anon"]), [gpid]),
+    }
+    results = {}  # (target, size, conns) -> list of runs
+    try:
+        load1 = os.getloadavg()[0]
+        # Warm-up: connection pools, caches, page cache.
+        for t in TARGETS:
+            url, h, _ = spec[t]
+            for s in sizes:
+                run_wrk(url.format(f=s), h, 4, 1)
+        hwm = {}
+        for rep in range(a.reps):
+            for s in sizes:
+                for c in conns:
+                    for t in (TARGETS if rep % 2 == 0 else list(reversed(TARGETS))):
+                        url, h, cpu_pids = spec[t]
+                        c0, u0 = cpu_ticks(cpu_pids), cpu_ticks(nginx_up)
+                        r = run_wrk(url.format(f=s), h, c, a.duration)
+                        c1, u1 = cpu_ticks(cpu_pids), cpu_ticks(nginx_up)
+                        n = max(1, r["requests"])
+                        r["cpu_us"] = (c1 - c0) / HZ * 1e6 / n
+                        r["upstream_cpu_us"] = (u1 - u0) / HZ * 1e6 / n
+                        results.setdefault((t, s, c), []).append(r)
+                        log(f"rep {rep + 1} {SIZES[s]:>4} c={c:<3} {t:<15} {r['rps']:9.0f} req/s  p50 {fmt_us(r['p50']):>9}"
+                            f"  p99 {fmt_us(r['p99']):>9}  p99.9 {fmt_us(r['p999']):>9}  cpu {r['cpu_us']:7.0f} us/req"
+                            f"  err {r['errors']} non2xx {r['non2xx']}")
+                hwm[s] = status_kb(gpid, "VmHWM")
+        extras = {}
+        if not a.no_extras and "small" in sizes:
+            # Added p99 at half of peak load (1 KB): the same fixed request rate to the upstream alone
+            # and through phigate (passthrough), open loop, per-request latencies from h2load.
+            peak = max(med([r["rps"] for r in results[("phigate_pass", "small", c)]]) for c in conns)
+            rate = int(peak / 2)
+            half = {}
+            for t in ["upstream", "phigate_pass", "nginx_proxy", "upstream", "phigate_pass", "nginx_proxy"]:
+                url, h, _ = spec[t]
+                half.setdefault(t, []).append(run_h2load_rate(url.format(f="small"), h, rate, max(5, a.duration)))
+            extras["half_peak"] = {"peak_rps": peak, "rate": rate,
+                                   **{t: {k: med([x[k] for x in v]) for k in v[0]} for t, v in half.items()}}
+            # 1,000 idle keep-alive TLS connections.
+            out = subprocess.run([a.gateway_bin, "idle", "--addr", gaddr, "--ca", info["ca"], "--token",
+                                  info["token_full"], "--conns", "1000", "--hold", "3", "--pid", str(gpid)],
+                                 capture_output=True, text=True, timeout=120).stdout
+            extras["idle"] = json.loads(out.strip().splitlines()[-1])
+        extras["gateway_vmhwm_kb"] = status_kb(gpid, "VmHWM")
+        extras["gateway_vmhwm_kb_after_size"] = hwm
+        extras["loadavg_start"] = load1
+        extras["loadavg_end"] = os.getloadavg()[0]
+    finally:
+        gw.send_signal(signal.SIGTERM)
+        try:
+            gw.wait(10)
+        except subprocess.TimeoutExpired:
+            gw.kill()
+    report(results, extras, sizes, conns, a)
+
+
+def report(results, extras, sizes, conns, a):
+    keys = ["rps", "p50", "p99", "p999", "cpu_us", "upstream_cpu_us", "errors", "non2xx"]
+    m = {k: {f: med([r[f] for r in v]) for f in keys} for k, v in results.items()}
+    lines = [f"## Load bench ({a.reps} reps x {a.duration} s per run, medians; wrk -t1, TLS HTTP/1.1 keep-alive)", "",
+             "| body | conns | target | req/s | p50 | p99 | p99.9 | proxy CPU us/req | upstream CPU us/req | errors/non-2xx |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for s in sizes:
+        for c in conns:
+            for t in TARGETS:
+                x = m.get((t, s, c))
+                if not x:
+                    continue
+                cpu = "-" if t == "upstream" else f"{x['cpu_us']:.0f}"
+                lines.append(f"| {SIZES[s]} | {c} | {t} | {x['rps']:.0f} | {fmt_us(x['p50'])} | {fmt_us(x['p99'])} | "
+                             f"{fmt_us(x['p999'])} | {cpu} | {x['upstream_cpu_us']:.0f} | {x['errors']:.0f}/{x['non2xx']:.0f} |")
+    lines += ["", "## Ratios (same run)", "",
+              "| body | conns | pass/nginx_proxy req/s | pass/nginx_proxy p99 | pass/nginx_proxy CPU | masked/nginx_lua req/s | masked/pass CPU |",
+              "|---|---|---|---|---|---|---|"]
+    ratios = {}
+    for s in sizes:
+        for c in conns:
+            p, d, mk, d2 = (m.get((t, s, c)) for t in ["phigate_pass", "nginx_proxy", "phigate_masked", "nginx_lua_mask"])
+            if not (p and d and mk and d2):
+                continue
+            r = {"pass_rps": p["rps"] / d["rps"], "pass_p99": p["p99"] / max(1, d["p99"]),
+                 "pass_cpu": p["cpu_us"] / max(1e-9, d["cpu_us"]), "masked_rps": mk["rps"] / d2["rps"],
+                 "masked_over_pass_cpu": mk["cpu_us"] / max(1e-9, p["cpu_us"])}
+            ratios[f"{s}/{c}"] = r
+            lines.append(f"| {SIZES[s]} | {c} | {r['pass_rps']:.2f}x | {r['pass_p99']:.2f}x | {r['pass_cpu']:.2f}x | "
+                         f"{r['masked_rps']:.1f}x | {r['masked_over_pass_cpu']:.2f}x |")
+    hp = extras.get("half_peak")
+    if hp:
+        lines += ["", f"## Half of peak load, 1 KB (peak phigate passthrough {hp['peak_rps']:.0f} req/s; fixed rate "
+                  f"{hp['rate']} req/s, h2load --h1, 10 clients, open loop; medians of 2)", "",
+                  "| target | p50 | p99 | p99.9 | ok/all |", "|---|---|---|---|---|"]
+        for t in ["upstream", "nginx_proxy", "phigate_pass"]:
+            x = hp[t]
+            lines.append(f"| {t} | {fmt_us(x['p50'])} | {fmt_us(x['p99'])} | {fmt_us(x['p999'])} | {x['ok']:.0f}/{x['all']:.0f} |")
+        lines.append(f"\nAdded p99 over the upstream alone: phigate {fmt_us(hp['phigate_pass']['p99'] - hp['upstream']['p99'])}, "
+                     f"nginx proxy {fmt_us(hp['nginx_proxy']['p99'] - hp['upstream']['p99'])}")
+    idle = extras.get("idle")
+    if idle:
+        lines.append(f"\n1,000 idle keep-alive TLS connections: {idle['conns_open']} open ({idle['failed']} failed); "
+                     f"gateway RSS {idle['gateway_rss_kb_before'] / 1024:.1f} MB before, "
+                     f"{idle['gateway_rss_kb_held'] / 1024:.1f} MB while held")
+    lines.append(f"\nGateway peak RSS (VmHWM): {extras['gateway_vmhwm_kb'] / 1024:.1f} MB "
+                 f"(after each body size: {', '.join(f'{SIZES[k]} {v / 1024:.1f} MB' for k, v in extras['gateway_vmhwm_kb_after_size'].items())}); "
+                 f"load average {extras['loadavg_start']:.2f} at start, {extras['loadavg_end']:.2f} at end")
+    text = "\n".join(lines)
+    print(text)
+    with open(os.path.join(a.out, "results.md"), "w") as f:
+        f.write(text + "\n")
+    with open(os.path.join(a.out, "results.json"), "w") as f:
+        json.dump({"runs": {f"{t}/{s}/{c}": v for (t, s, c), v in results.items()}, "ratios": ratios,
+                   "extras": extras}, f, indent=1)
+    # Smoke/CI: fail if any target answered with errors or non-2xx.
+    bad = [k for k, x in m.items() if x["errors"] or x["non2xx"]]
+    if bad:
+        log(f"FAILED: errors or non-2xx answers for {bad}")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
