@@ -1272,3 +1272,66 @@ async fn demo_sample_api_is_masked_for_bob() {
     assert_absent(&r.body, &planted, "mia");
     server.abort();
 }
+
+/// Upstream headers can carry PHI too: on a masked route only safe headers (and the ones
+/// the route lists under `passthrough_headers`) reach an anonymized caller.
+#[tokio::test]
+async fn upstream_headers_are_allowlisted_on_masked_routes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let routes =
+        std::fs::read_to_string(crate::support::example_rules().join("routes.yaml")).unwrap();
+    let anchor =
+        "    fields: patient                    # anonymized callers get masked responses\n";
+    assert!(routes.contains(anchor), "routes.yaml changed shape");
+    let routes = routes.replacen(
+        anchor,
+        &format!("{anchor}    passthrough_headers: [X-Total-Count]\n"),
+        1,
+    );
+    let rules = rules_dir_with(tmp.path(), &[("routes.yaml", &routes)]);
+    let h = Harness::start_with(Options {
+        rules,
+        ..Options::default()
+    })
+    .await;
+    h.upstream.script(
+        Script::json(&small_doc())
+            .header("x-patient-name", "Maria Gonzales")
+            .header("location", "/api/patients?ssn=523-41-7788")
+            .header("set-cookie", "last_patient=523-41-7788")
+            .header("link", "</api/patients/523-41-7788>; rel=next")
+            .header("x-total-count", "3")
+            .header("content-language", "en"),
+    );
+    let bob = h.get_as(Some(BOB), "/api/patients").await;
+    assert_eq!(bob.status, 200);
+    for name in ["x-patient-name", "location", "set-cookie", "link"] {
+        assert!(
+            bob.header(name).is_none(),
+            "{name} reached the anonymized caller"
+        );
+    }
+    for (name, _) in bob.headers.iter() {
+        for v in bob.headers.get_all(name) {
+            let v = v.to_str().unwrap_or("");
+            assert!(
+                !v.contains("523-41-7788") && !v.contains("Maria"),
+                "{name}: {v}"
+            );
+        }
+    }
+    assert_eq!(
+        bob.header("x-total-count"),
+        Some("3"),
+        "listed under passthrough_headers"
+    );
+    assert_eq!(bob.header("content-language"), Some("en"), "a safe default");
+    assert_eq!(bob.header("content-type"), Some("application/json"));
+    let dana = h.get_as(Some(DANA), "/api/patients").await;
+    assert_eq!(
+        dana.header("x-patient-name"),
+        Some("Maria Gonzales"),
+        "raw callers see every header"
+    );
+    assert!(dana.header("set-cookie").is_some());
+}

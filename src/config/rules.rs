@@ -43,6 +43,8 @@ struct RawRoute {
     fields: Option<Spanned<String>>,
     #[serde(default)]
     passthrough_types: Vec<String>,
+    #[serde(default)]
+    passthrough_headers: Vec<String>,
 }
 
 /// `require: a:b:c` or `require: [a:b:c, d:e:f]`.
@@ -163,6 +165,8 @@ pub struct Route {
     pub fields: Option<String>,
     /// Content types passed through unmasked to anonymized callers (lower-case media types).
     pub passthrough_types: Vec<String>,
+    /// Upstream response headers anonymized callers may see besides the safe defaults.
+    pub passthrough_headers: Vec<String>,
     /// Some required permission is named by a PHI-tagged policy (not merely by a
     /// catch-all pattern such as `*`).
     pub carries_phi: bool,
@@ -511,6 +515,28 @@ fn compile_routes(
             }
             passthrough_types.push(t);
         }
+        let mut passthrough_headers = Vec::new();
+        for h in &r.passthrough_headers {
+            let lower = h.trim().to_ascii_lowercase();
+            if http::HeaderName::from_bytes(lower.as_bytes()).is_err() {
+                d.push(
+                    file,
+                    at,
+                    format!("route '{}': '{h}' is not a header name", r.name),
+                );
+            }
+            if r.fields.is_none() {
+                d.push(
+                    file,
+                    at,
+                    format!(
+                        "route '{}': passthrough_headers only apply to a route with a field set",
+                        r.name
+                    ),
+                );
+            }
+            passthrough_headers.push(lower);
+        }
         let id = routes.len();
         let path = match (&r.path, &r.path_regex) {
             (Some(p), None) => match parse_template(&p.value) {
@@ -556,6 +582,7 @@ fn compile_routes(
             upstream,
             fields: r.fields.as_ref().map(|f| f.value.clone()),
             passthrough_types,
+            passthrough_headers,
             carries_phi: false,
             line: at.line,
         });

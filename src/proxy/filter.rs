@@ -166,20 +166,30 @@ fn accepts_gzip(accept_encoding: Option<&HeaderValue>) -> bool {
     })
 }
 
-/// Headers that could carry or reveal the unmasked representation are removed, and caches
-/// are told the response is private to this caller.
-fn set_masked_headers(h: &mut HeaderMap) {
-    for name in [
-        header::ETAG,
-        header::LAST_MODIFIED,
-        header::CONTENT_LENGTH,
-        header::CONTENT_ENCODING,
-        header::ACCEPT_RANGES,
-        header::CONTENT_RANGE,
-    ] {
-        h.remove(name);
-    }
-    for name in ["content-md5", "digest", "repr-digest", "content-digest"] {
+/// Upstream response headers an anonymized caller may see on a masked route. Anything else
+/// could carry PHI (a patient name in a custom header, an id in `Location`, a cookie) and is
+/// dropped unless the route lists it under `passthrough_headers`.
+const SAFE_RESPONSE_HEADERS: &[&str] = &[
+    "content-type",
+    "content-language",
+    "date",
+    "retry-after",
+    "www-authenticate",
+    "allow",
+];
+
+/// Keeps only safe headers, then tells caches the response is private to this caller.
+/// Validators and digests of the unmasked representation never survive.
+fn set_masked_headers(h: &mut HeaderMap, passthrough_headers: &[String]) {
+    let dropped: Vec<header::HeaderName> = h
+        .keys()
+        .filter(|k| {
+            let k = k.as_str();
+            !SAFE_RESPONSE_HEADERS.contains(&k) && !passthrough_headers.iter().any(|p| p == k)
+        })
+        .cloned()
+        .collect();
+    for name in dropped {
         h.remove(name);
     }
     h.insert(
@@ -204,6 +214,7 @@ pub struct Filtered {
 pub struct MaskJob<'a> {
     pub set: Arc<FieldSet>,
     pub passthrough_types: &'a [String],
+    pub passthrough_headers: &'a [String],
     pub is_head: bool,
     pub accept_encoding: Option<HeaderValue>,
     pub max_body: u64,
@@ -229,7 +240,7 @@ impl MaskJob<'_> {
             || parts.status == StatusCode::NOT_MODIFIED;
         if no_body {
             // A HEAD answer would otherwise reveal the unmasked length.
-            set_masked_headers(&mut parts.headers);
+            set_masked_headers(&mut parts.headers, self.passthrough_headers);
             return Ok(Filtered {
                 response: Response::from_parts(parts, crate::error::empty_body()),
                 report: None,
@@ -238,14 +249,16 @@ impl MaskJob<'_> {
         match kind {
             BodyKind::Refused => Err(refuse("the upstream's content type cannot be masked")),
             BodyKind::Passthrough => {
-                // Listed as safe by the route: passed through as is, but never cached shared.
-                parts.headers.insert(
-                    header::CACHE_CONTROL,
-                    HeaderValue::from_static("private, no-store"),
-                );
-                parts
-                    .headers
-                    .insert(header::VARY, HeaderValue::from_static("Authorization"));
+                // The body type is listed as safe by the route and passes as is, with its
+                // framing; the headers get the same allowlist as masked bodies.
+                let framing: Vec<_> = [header::CONTENT_LENGTH, header::CONTENT_ENCODING]
+                    .into_iter()
+                    .filter_map(|n| parts.headers.get(&n).cloned().map(|v| (n, v)))
+                    .collect();
+                set_masked_headers(&mut parts.headers, self.passthrough_headers);
+                for (n, v) in framing {
+                    parts.headers.insert(n, v);
+                }
                 Ok(Filtered {
                     response: Response::from_parts(
                         parts,
@@ -271,7 +284,7 @@ impl MaskJob<'_> {
                         "the upstream's body is not one valid JSON value ({e})"
                     ))
                 })?;
-                set_masked_headers(&mut parts.headers);
+                set_masked_headers(&mut parts.headers, self.passthrough_headers);
                 let out = self.maybe_gzip(&mut parts.headers, out);
                 parts
                     .headers
@@ -286,7 +299,7 @@ impl MaskJob<'_> {
             }
             BodyKind::Ndjson => {
                 let coding = content_coding(&parts.headers)?;
-                set_masked_headers(&mut parts.headers);
+                set_masked_headers(&mut parts.headers, self.passthrough_headers);
                 parts
                     .headers
                     .insert("x-phigate-masked", HeaderValue::from_static("stream"));

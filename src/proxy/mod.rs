@@ -344,6 +344,7 @@ impl Gateway {
                 let job = filter::MaskJob {
                     set,
                     passthrough_types: &route.passthrough_types,
+                    passthrough_headers: &route.passthrough_headers,
                     is_head,
                     accept_encoding,
                     max_body: self.settings.limits.max_masked_body,
