@@ -37,7 +37,7 @@ local reqs = {
   { "/api/patients",   "$TOKEN_DANA", 200 },  -- passthrough, DPO
   { "/api/patients/1", "$TOKEN_ALEX", 200 },  -- passthrough, full access
   { "/api/patients",   "$TOKEN_BOB",  200 },  -- masked, anonymized
-  { "/api/reports",    "$TOKEN_BOB",  200 },  -- passthrough, non-PHI
+  { "/api/maps/3/embed", "$TOKEN_MIA", 200 }, -- passthrough, non-PHI
   { "/api/patients",   "$TOKEN_MIA",  403 },  -- denied, no permission
   { "/api/patients/1", "$TOKEN_BOB",  403 },  -- denied, inline deny
   { "/api/patients",   nil,           401 },  -- denied, no token
@@ -100,7 +100,6 @@ END=$(date +%s)
 kill "$EDITOR_PID" "$SAMPLER_PID" 2>/dev/null || true
 wait "$EDITOR_PID" "$SAMPLER_PID" 2>/dev/null || true
 METRICS=$(curl -s "http://127.0.0.1:$ADMIN/metrics" || true)
-cp "$WORK/soak.txt" "$WORK/samples.txt" "$WORK/peak.txt" "${OUT%.md}.raw" 2>/dev/null || true
 
 python3 - "$WORK" "$OUT" "$DURATION" "$PEAK" "$TARGET" "$START" "$END" <<'PY'
 import re, sys, datetime
