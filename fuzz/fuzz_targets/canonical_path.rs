@@ -13,7 +13,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     assert!(c.starts_with('/'), "{c:?}");
-    assert_eq!(canonical_path(&c).as_deref(), Ok(c.as_str()), "not idempotent: {raw:?}");
+    assert_eq!(
+        canonical_path(&c).as_deref(),
+        Ok(c.as_str()),
+        "not idempotent: {raw:?}"
+    );
     assert!(!c.contains("//"), "{c:?}");
     for seg in c.split('/') {
         assert!(seg != "." && seg != "..", "{c:?}");
@@ -43,5 +47,8 @@ fuzz_target!(|data: &[u8]| {
     }
     // Canonicalisation never turns a valid request target into one that cannot be
     // forwarded (finding 1: '/`p/i.').
-    assert!(http::uri::PathAndQuery::try_from(c.as_str()).is_ok(), "{raw:?} -> {c:?}");
+    assert!(
+        http::uri::PathAndQuery::try_from(c.as_str()).is_ok(),
+        "{raw:?} -> {c:?}"
+    );
 });

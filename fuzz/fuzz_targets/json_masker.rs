@@ -49,7 +49,14 @@ fn plant(v: &mut Value, depth: usize) {
     }
     match v {
         Value::Object(m) => {
-            for k in ["ssn", "name", "email", "phone", "MRN", "medical_record_number"] {
+            for k in [
+                "ssn",
+                "name",
+                "email",
+                "phone",
+                "MRN",
+                "medical_record_number",
+            ] {
                 if let Some(x) = m.get_mut(k) {
                     if !x.is_object() && !x.is_array() {
                         *x = Value::String(format!("{SECRET}-{k}"));
@@ -91,7 +98,9 @@ fuzz_target!(|data: &[u8]| {
     doc = serde_json::json!({ "data": doc, "ssn": "x" });
     plant(&mut doc, 0);
     let body = serde_json::to_vec(&doc).unwrap();
-    let (out, _) = set.mask_document(&body, 128).expect("valid, shallow JSON is masked");
+    let (out, _) = set
+        .mask_document(&body, 128)
+        .expect("valid, shallow JSON is masked");
     let text = String::from_utf8(out).unwrap();
     assert!(!text.contains(SECRET), "a planted value survived: {text}");
     assert!(!text.contains("123-45-6789"), "an SSN survived: {text}");

@@ -43,23 +43,36 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let (token, claims) = if mode % 2 == 0 {
-        let Ok(t) = std::str::from_utf8(rest) else { return };
+        let Ok(t) = std::str::from_utf8(rest) else {
+            return;
+        };
         (t.to_string(), None)
     } else {
         let mut it = rest.splitn(2, |b| *b == 0xff);
         let header = it.next().unwrap_or_default();
         let claims = it.next().unwrap_or_default();
-        (sign(header, claims), Some((header.to_vec(), claims.to_vec())))
+        (
+            sign(header, claims),
+            Some((header.to_vec(), claims.to_vec())),
+        )
     };
     let v = verifier();
-    let _ = v.verify_header(http::HeaderValue::from_str(&format!("Bearer {token}")).ok().as_ref());
+    let _ = v.verify_header(
+        http::HeaderValue::from_str(&format!("Bearer {token}"))
+            .ok()
+            .as_ref(),
+    );
     if let (Ok(id), Some((header, claims))) = (v.verify_uncached(&token), claims) {
-        let h: serde_json::Value = serde_json::from_slice(&header).expect("accepted header is JSON");
+        let h: serde_json::Value =
+            serde_json::from_slice(&header).expect("accepted header is JSON");
         assert_eq!(h["alg"], "HS256", "accepted alg {h}");
-        let c: serde_json::Value = serde_json::from_slice(&claims).expect("accepted claims are JSON");
+        let c: serde_json::Value =
+            serde_json::from_slice(&claims).expect("accepted claims are JSON");
         assert_eq!(c["iss"], "https://idp.fuzz", "{c}");
         let aud_ok = c["aud"] == "phigate"
-            || c["aud"].as_array().is_some_and(|a| a.iter().any(|x| x == "phigate"));
+            || c["aud"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x == "phigate"));
         assert!(aud_ok, "{c}");
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -36,7 +36,9 @@ fuzz_target!(|data: &[u8]| {
                 RouteMatch::Found(id) => {
                     assert!(id < added, "found a route never added");
                     if method == http::Method::GET {
-                        assert!(matches!(m.find(&http::Method::HEAD, &c), RouteMatch::Found(h) if h == id));
+                        assert!(
+                            matches!(m.find(&http::Method::HEAD, &c), RouteMatch::Found(h) if h == id)
+                        );
                     }
                 }
                 RouteMatch::MethodNotAllowed(a) => assert!(!a.is_empty()),
