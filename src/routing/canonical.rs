@@ -17,6 +17,7 @@ pub enum PathRejection {
     BadPercentEncoding,
     DoubleEncoding,
     NonAscii,
+    InvalidCharacter,
 }
 
 impl fmt::Display for PathRejection {
@@ -32,6 +33,7 @@ impl fmt::Display for PathRejection {
             PathRejection::BadPercentEncoding => "malformed percent-encoding",
             PathRejection::DoubleEncoding => "an encoded '%' (double encoding) is not allowed",
             PathRejection::NonAscii => "raw non-ASCII bytes are not allowed",
+            PathRejection::InvalidCharacter => "a character a URI path cannot carry unencoded",
         })
     }
 }
@@ -101,6 +103,10 @@ pub fn canonical_path(raw: &str) -> Result<String, PathRejection> {
             b'?' => return Err(PathRejection::NotOriginForm),
             0x00..=0x1f | 0x7f => return Err(PathRejection::ControlCharacter),
             0x80..=0xff => return Err(PathRejection::NonAscii),
+            // RFC 3986 pchar: unreserved, sub-delims (';' refused above), ':' and '@'.
+            _ if !(is_unreserved(b) || b"!$&'()*+,=:@".contains(&b)) => {
+                return Err(PathRejection::InvalidCharacter)
+            }
             _ => {
                 out.push(b as char);
                 i += 1;
@@ -152,6 +158,10 @@ mod tests {
         assert_eq!(canonical_path("/").unwrap(), "/");
         assert_eq!(canonical_path("/a/").unwrap(), "/a/");
         assert_eq!(canonical_path("/a/.b/..c").unwrap(), "/a/.b/..c");
+        assert_eq!(
+            canonical_path("/a:b@c!$&'()*+,=").unwrap(),
+            "/a:b@c!$&'()*+,="
+        );
     }
 
     #[test]
@@ -178,6 +188,14 @@ mod tests {
             ("api/x", NotOriginForm),
             ("*", NotOriginForm),
             ("/é", NonAscii),
+            ("/a b", InvalidCharacter),
+            ("/`p/i.", InvalidCharacter),
+            ("/a{b}", InvalidCharacter),
+            ("/a\"b", InvalidCharacter),
+            ("/a<b>", InvalidCharacter),
+            ("/a|b", InvalidCharacter),
+            ("/a^b", InvalidCharacter),
+            ("/a[0]", InvalidCharacter),
         ];
         for (input, want) in cases {
             assert_eq!(canonical_path(input), Err(want), "{input}");
@@ -193,7 +211,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn output_is_always_safe(raw in "/[a-zA-Z0-9%./;\\\\#_~-]{0,40}") {
+        fn output_is_always_safe(raw in "/[a-zA-Z0-9%./;\\\\#_~ `{}|^\\[\\]<>\"-]{0,40}") {
             if let Ok(c) = canonical_path(&raw) {
                 prop_assert!(c.starts_with('/'));
                 prop_assert!(!c.contains("//"));
@@ -203,6 +221,7 @@ mod tests {
                 let upper = c.to_ascii_uppercase();
                 prop_assert!(!upper.contains("%2F") && !upper.contains("%5C") && !upper.contains("%25"));
                 prop_assert!(!c.contains(';') && !c.contains('\\') && !c.contains('#'));
+                prop_assert!(c.bytes().all(|b| is_unreserved(b) || b"!$&'()*+,=:@/%".contains(&b)), "{}", c);
                 // Canonicalisation is done once: applying it again changes nothing.
                 prop_assert_eq!(canonical_path(&c), Ok(c.clone()));
             }
