@@ -28,7 +28,7 @@ PORT="${PHIGATE_SCAN_PORT:-$(free_port)}"
 ADMIN="${PHIGATE_SCAN_ADMIN_PORT:-$(free_port)}"
 CERTS="$(mktemp -d)"
 trap 'kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; rm -rf "$CERTS"' EXIT
-./target/debug/phigate demo --listen "127.0.0.1:$PORT" --admin-listen "127.0.0.1:$ADMIN" \
+"${CARGO_TARGET_DIR:-target}/debug/phigate" demo --listen "127.0.0.1:$PORT" --admin-listen "127.0.0.1:$ADMIN" \
   --certs "$CERTS" >"$OUT/gateway.log" 2>&1 &
 PID=$!
 for _ in $(seq 1 300); do
