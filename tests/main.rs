@@ -6,8 +6,8 @@
 mod support;
 
 mod check_cli;
-mod faults;
 mod cli;
+mod faults;
 mod hardening;
 mod headers;
 mod masking_e2e;
