@@ -62,12 +62,19 @@ fn dev_material(dir: &Path) -> Result<(DevPki, DevIssuer), StartError> {
         dir.join("gateway.pem"),
         dir.join("gateway-key.pem"),
     );
+    // Reused while fresh; regenerated well before the one-year validity runs out.
+    let fresh = std::fs::metadata(&cert)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age < std::time::Duration::from_secs(300 * 86_400));
     let pki = match (
+        fresh,
         std::fs::read_to_string(&ca),
         std::fs::read_to_string(&cert),
         std::fs::read_to_string(&key),
     ) {
-        (Ok(ca_pem), Ok(cert_pem), Ok(key_pem)) => DevPki {
+        (true, Ok(ca_pem), Ok(cert_pem), Ok(key_pem)) => DevPki {
             ca_pem,
             cert_pem,
             key_pem,

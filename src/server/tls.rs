@@ -62,6 +62,21 @@ fn server_config(
     Ok(Arc::new(cfg))
 }
 
+/// Development certificates are valid from today for one year (under the 398 days browsers
+/// and scanners accept); `demo` regenerates them well before that.
+fn set_dev_validity(p: &mut rcgen::CertificateParams) {
+    let today = crate::audit::humantime_now();
+    let num = |r: std::ops::Range<usize>| {
+        today
+            .get(r)
+            .and_then(|s| s.parse::<i32>().ok())
+            .unwrap_or(1)
+    };
+    let (y, m, d) = (num(0..4), num(5..7) as u8, num(8..10).min(28) as u8);
+    p.not_before = rcgen::date_time_ymd(y, m, d);
+    p.not_after = rcgen::date_time_ymd(y + 1, m, d);
+}
+
 /// A throwaway development PKI: a CA and a leaf for localhost / 127.0.0.1 / ::1.
 /// Only `demo` and tests use it; production certificates come from files.
 pub struct DevPki {
@@ -79,6 +94,7 @@ impl DevPki {
             .push(DnType::CommonName, "phigate development CA");
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        set_dev_validity(&mut ca);
         let ca_cert = ca.self_signed(&ca_key)?;
         let issuer = rcgen::Issuer::new(ca, ca_key);
         let leaf_key = KeyPair::generate()?;
@@ -89,6 +105,7 @@ impl DevPki {
         ])?;
         leaf.distinguished_name
             .push(DnType::CommonName, "phigate development gateway");
+        set_dev_validity(&mut leaf);
         let leaf_cert = leaf.signed_by(&leaf_key, &issuer)?;
         Ok(DevPki {
             ca_pem: ca_cert.pem(),
