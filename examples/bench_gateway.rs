@@ -15,10 +15,6 @@
 #[path = "../benches/common/mod.rs"]
 mod common;
 
-/// The same allocator as the `phigate` binary, so the bench measures what ships.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

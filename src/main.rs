@@ -7,11 +7,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use phigate::config::rules::RuleSnapshot;
-
-/// mimalloc: per-request allocation (headers, JSON trees) was 10-14% of the gateway's CPU
-/// with the system allocator in the load bench.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use phigate::config::settings::Settings;
 
 #[derive(Parser)]
