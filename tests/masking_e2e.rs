@@ -469,25 +469,27 @@ async fn other_content_types_are_refused() {
     assert_eq!(&r.body[..], raw.as_bytes());
 }
 
-#[tokio::test]
-async fn passthrough_types_listed_on_the_route_pass_unchanged() {
+/// A gateway on the example rules with one more option on the masked patient-list route.
+async fn with_patient_list_option(option: &str) -> (Harness, tempfile::TempDir) {
     let tmp = tempfile::tempdir().unwrap();
     let routes =
         std::fs::read_to_string(crate::support::example_rules().join("routes.yaml")).unwrap();
     let anchor =
         "    fields: patient                    # anonymized callers get masked responses\n";
     assert!(routes.contains(anchor), "routes.yaml changed shape");
-    let routes = routes.replacen(
-        anchor,
-        &format!("{anchor}    passthrough_types: [image/png]\n"),
-        1,
-    );
+    let routes = routes.replacen(anchor, &format!("{anchor}    {option}\n"), 1);
     let rules = rules_dir_with(tmp.path(), &[("routes.yaml", &routes)]);
     let h = Harness::start_with(Options {
         rules,
         ..Options::default()
     })
     .await;
+    (h, tmp)
+}
+
+#[tokio::test]
+async fn passthrough_types_listed_on_the_route_pass_unchanged() {
+    let (h, _tmp) = with_patient_list_option("passthrough_types: [image/png]").await;
     let png: Vec<u8> = [
         b"\x89PNG\r\n\x1a\n".as_slice(),
         b"\x00\x00\x00\x0dIHDR\xff\x00\x10",
@@ -1277,23 +1279,7 @@ async fn demo_sample_api_is_masked_for_bob() {
 /// the route lists under `passthrough_headers`) reach an anonymized caller.
 #[tokio::test]
 async fn upstream_headers_are_allowlisted_on_masked_routes() {
-    let tmp = tempfile::tempdir().unwrap();
-    let routes =
-        std::fs::read_to_string(crate::support::example_rules().join("routes.yaml")).unwrap();
-    let anchor =
-        "    fields: patient                    # anonymized callers get masked responses\n";
-    assert!(routes.contains(anchor), "routes.yaml changed shape");
-    let routes = routes.replacen(
-        anchor,
-        &format!("{anchor}    passthrough_headers: [X-Total-Count]\n"),
-        1,
-    );
-    let rules = rules_dir_with(tmp.path(), &[("routes.yaml", &routes)]);
-    let h = Harness::start_with(Options {
-        rules,
-        ..Options::default()
-    })
-    .await;
+    let (h, _tmp) = with_patient_list_option("passthrough_headers: [X-Total-Count]").await;
     h.upstream.script(
         Script::json(&small_doc())
             .header("x-patient-name", "Maria Gonzales")
