@@ -35,7 +35,7 @@ impl Histogram {
 #[derive(Default)]
 pub struct Metrics {
     /// (route, decision, status) -> count. A short critical section, never across an await.
-    requests: Mutex<BTreeMap<(String, &'static str, u16), u64>>,
+    requests: Mutex<BTreeMap<String, BTreeMap<(&'static str, u16), u64>>>,
     latency_allow: Histogram,
     latency_deny: Histogram,
     pub masked_responses: AtomicU64,
@@ -59,8 +59,13 @@ impl Metrics {
         let decision = if allowed { "allow" } else { "deny" };
         {
             let mut map = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-            *map.entry((route.unwrap_or("").to_string(), decision, status))
-                .or_default() += 1;
+            let route = route.unwrap_or("");
+            // Look up by &str first: the route's name is allocated once, not per request.
+            let per_route = match map.get_mut(route) {
+                Some(m) => m,
+                None => map.entry(route.to_string()).or_default(),
+            };
+            *per_route.entry((decision, status)).or_default() += 1;
         }
         if allowed {
             &self.latency_allow
@@ -73,12 +78,12 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
         out.push_str("# HELP phigate_requests_total Requests by route, decision and status.\n# TYPE phigate_requests_total counter\n");
-        for ((route, decision, status), n) in self
-            .requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
+        let requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        let rows = requests.iter().flat_map(|(route, m)| {
+            m.iter()
+                .map(move |((decision, status), n)| (route, decision, status, n))
+        });
+        for (route, decision, status, n) in rows {
             let _ = writeln!(
                 out,
                 "phigate_requests_total{{route=\"{}\",decision=\"{decision}\",status=\"{status}\"}} {n}",

@@ -499,6 +499,13 @@ async fn passthrough_types_listed_on_the_route_pass_unchanged() {
     let r = h.get_as(Some(BOB), "/api/patients").await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(&r.body[..], &png[..], "image/png passes unchanged");
+    // A second Content-Type cannot smuggle a JSON body through as a passthrough type.
+    h.upstream.script(
+        Script::body("image/png", small_doc().to_string())
+            .header("content-type", "application/json"),
+    );
+    let two = h.get_as(Some(BOB), "/api/patients").await;
+    assert_refused(&two, &[PHI_SSN, PHI_EMAIL], "two content types");
     assert_eq!(r.header("content-type"), Some("image/png"));
     assert_eq!(r.header("cache-control"), Some("private, no-store"));
     // Other types are still refused on that route, and JSON is still masked.

@@ -231,6 +231,16 @@ impl MaskJob<'_> {
         if parts.status == StatusCode::SWITCHING_PROTOCOLS {
             return Err(refuse("protocol switches are not proxied on masked routes"));
         }
+        // Two Content-Type headers: which one a client honours is anybody's guess.
+        if parts
+            .headers
+            .get_all(header::CONTENT_TYPE)
+            .iter()
+            .nth(1)
+            .is_some()
+        {
+            return Err(refuse("the upstream sent more than one Content-Type"));
+        }
         let kind = classify(
             parts.headers.get(header::CONTENT_TYPE),
             self.passthrough_types,

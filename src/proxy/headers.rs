@@ -42,14 +42,21 @@ const GATEWAY_OWNED: &[&str] = &[
 /// `X_Phigate_User`, `x.phigate.user`, `X-PHIGATE-USER` all normalise to `x-phigate-user`:
 /// some upstream frameworks fold `_` and `.` into `-`, so every spelling is ours.
 fn is_phigate_header(name: &str) -> bool {
-    let folded: String = name
-        .chars()
-        .map(|c| match c {
-            '_' | '.' => '-',
-            c => c.to_ascii_lowercase(),
-        })
-        .collect();
-    folded.starts_with("x-phigate-") || folded == "x-phigate"
+    let n = name.as_bytes();
+    let (p, rest) = n.split_at(n.len().min(9));
+    folds_to(p, b"x-phigate") && (rest.is_empty() || fold(rest[0]) == b'-')
+}
+
+/// `_` and `.` read as `-`, ASCII case ignored (hyper's names are lower-case already).
+fn fold(b: u8) -> u8 {
+    match b {
+        b'_' | b'.' => b'-',
+        b => b.to_ascii_lowercase(),
+    }
+}
+
+fn folds_to(name: &[u8], target: &[u8]) -> bool {
+    name.len() == target.len() && name.iter().zip(target).all(|(a, b)| fold(*a) == *b)
 }
 
 /// `Transfer_Encoding`, `content.length` and the like: not framing headers to us, but some
@@ -59,11 +66,12 @@ fn is_framing_lookalike(name: &str) -> bool {
     if !name.contains(['_', '.']) {
         return false;
     }
-    let folded = name.replace(['_', '.'], "-").to_ascii_lowercase();
-    folded == "content-length"
-        || folded == "host"
-        || HOP_BY_HOP.contains(&folded.as_str())
-        || GATEWAY_OWNED.contains(&folded.as_str())
+    let n = name.as_bytes();
+    ["content-length", "host"]
+        .iter()
+        .chain(HOP_BY_HOP)
+        .chain(GATEWAY_OWNED)
+        .any(|t| folds_to(n, t.as_bytes()))
 }
 
 /// Checks a client's request headers for things that make the request ambiguous.
