@@ -32,10 +32,13 @@ impl Histogram {
     }
 }
 
+/// (decision, status) -> count, for one route.
+type ByOutcome = BTreeMap<(&'static str, u16), u64>;
+
 #[derive(Default)]
 pub struct Metrics {
     /// (route, decision, status) -> count. A short critical section, never across an await.
-    requests: Mutex<BTreeMap<String, BTreeMap<(&'static str, u16), u64>>>,
+    requests: Mutex<BTreeMap<String, ByOutcome>>,
     latency_allow: Histogram,
     latency_deny: Histogram,
     pub masked_responses: AtomicU64,
