@@ -59,6 +59,9 @@ impl Running {
         for t in self.tasks {
             let _ = t.await;
         }
+        // Records still gathering for the writer thread reach the disk before we return.
+        let audit = self.gateway.audit.clone();
+        let _ = tokio::task::spawn_blocking(move || audit.flush()).await;
     }
 
     /// Reloads the rules now (SIGHUP), even if the files look unchanged.

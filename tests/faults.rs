@@ -113,11 +113,20 @@ fn audit_records(path: &std::path::Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The records of one request; waits (up to 2 s) for the audit writer's batch to land.
 fn audited(path: &std::path::Path, request_id: &str) -> Vec<serde_json::Value> {
-    audit_records(path)
-        .into_iter()
-        .filter(|r| r["request_id"] == request_id)
-        .collect()
+    let until = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let recs: Vec<serde_json::Value> = audit_records(path)
+            .into_iter()
+            .filter(|r| r["request_id"] == request_id)
+            .collect();
+        if !recs.is_empty() || std::time::Instant::now() > until {
+            return recs;
+        }
+        // The writer is its own thread: blocking here does not hold it up.
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// A request whose body is read to the end: status, request id, and the body or the error.

@@ -780,6 +780,7 @@ async fn certificate_and_key_reload_without_restart() {
     assert!(tls_connect_ca(addr, &second.ca_pem, b"http/1.1")
         .await
         .is_ok());
+    h.flush_audit().await;
     let log = std::fs::read_to_string(&audit).unwrap();
     let reloads: Vec<serde_json::Value> = log
         .lines()

@@ -65,6 +65,7 @@ async fn an_edited_rule_file_is_enforced_within_two_seconds() {
     let st = status_of(&h).await;
     assert!(st["generation"].as_u64().unwrap() > gen_before);
     assert!(st["last_reload_error"].is_null());
+    h.flush_audit().await;
     let log = std::fs::read_to_string(audit).unwrap();
     assert!(
         log.lines().any(|l| l.contains("\"type\":\"rules_reload\"")
@@ -110,6 +111,7 @@ async fn a_broken_file_keeps_the_last_good_rules_and_is_reported() {
         metrics.contains("phigate_rules_reload_failure_total 1"),
         "{metrics}"
     );
+    h.flush_audit().await;
     let log = std::fs::read_to_string(audit).unwrap();
     assert!(
         log.lines()
@@ -253,6 +255,7 @@ async fn the_audit_log_records_decisions_without_tokens_or_values() {
     let masked_id = r.request_id();
     let denied = h.with_bearer(&token, "/api/patients/1").await;
     assert_eq!(denied.status, 403);
+    h.flush_audit().await;
     let log = std::fs::read_to_string(&audit).unwrap();
     assert!(!log.contains(&token), "a token in the audit log");
     assert!(
@@ -306,6 +309,7 @@ async fn audit_write_failures_are_counted_and_make_readyz_fail() {
     .await;
     let _ = tmp;
     let _ = h.get_as(Some(DANA), "/api/reports").await;
+    h.flush_audit().await;
     let (code, body) = admin_get(h.gateway.admin_addr.unwrap(), "/readyz", None).await;
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("audit log failing"), "{body}");
@@ -384,6 +388,7 @@ async fn admin_explain_is_for_admins_only() {
     assert_eq!(e["decision"], "deny");
     assert_eq!(e["status"], 403);
     assert_eq!(e["permissions"][0]["outcome"], "denied");
+    h.flush_audit().await;
     let log = std::fs::read_to_string(audit).unwrap();
     assert!(
         log.lines().any(|l| l.contains("\"type\":\"admin\"")

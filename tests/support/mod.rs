@@ -84,6 +84,14 @@ pub fn client_tls(ca_pem: &str, alpn: &[&[u8]]) -> rustls::ClientConfig {
 }
 
 impl Harness {
+    /// Waits until every audit record so far is on disk (the writer batches them).
+    pub async fn flush_audit(&self) {
+        let audit = self.gateway.gateway.audit.clone();
+        tokio::task::spawn_blocking(move || audit.flush())
+            .await
+            .unwrap();
+    }
+
     pub async fn start() -> Harness {
         Self::start_with(Options::default()).await
     }
