@@ -84,11 +84,12 @@ fn die(msg: &str) -> ! {
 
 fn main() {
     let (cmd, a) = args();
-    let workers: usize = a.get("workers").map_or(0, |w| w.parse().unwrap_or(0));
     let mut b = tokio::runtime::Builder::new_multi_thread();
     b.enable_all();
-    if workers > 0 {
-        b.worker_threads(workers);
+    if cmd == "serve" {
+        // Only accept, reloads and signals run here; connections run on the gateway's
+        // own workers (`limits.workers`, `--workers`).
+        b.worker_threads(1);
     }
     let rt = b.build().expect("runtime");
     match cmd.as_str() {
@@ -130,6 +131,9 @@ async fn serve(a: HashMap<String, String>) {
         .parse()
         .unwrap_or_else(|_| die("bad --upstream"));
     let mut settings = phigate::demo::settings(listen, None, rules, upstream, jwks);
+    if let Some(w) = a.get("workers") {
+        settings.limits.workers = w.parse().unwrap_or_else(|_| die("bad --workers"));
+    }
     // Audit records are part of every request's cost: written to a file, as in production.
     settings.audit = match a.get("audit").map_or("file", String::as_str) {
         "discard" => phigate::audit::AuditSink::Discard,

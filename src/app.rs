@@ -19,6 +19,7 @@ use crate::proxy::upstream::{Upstream, UpstreamError};
 use crate::proxy::Gateway;
 use crate::server::admin::AdminState;
 use crate::server::tls::TlsError;
+use crate::server::workers::Workers;
 use crate::telemetry::Metrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -46,22 +47,34 @@ pub struct Running {
     pub gateway: Arc<Gateway>,
     pub tls: Arc<ArcSwap<rustls::ServerConfig>>,
     admin: Arc<AdminState>,
+    workers: Arc<Workers>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.workers.stop();
+    }
 }
 
 impl Running {
     /// Stops accepting, lets requests in flight finish (up to the shutdown deadline), and
     /// waits for the listeners to end.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         self.admin.shutting_down.store(true, Ordering::Relaxed);
         let _ = self.shutdown.send(true);
-        for t in self.tasks {
+        for t in std::mem::take(&mut self.tasks) {
             let _ = t.await;
         }
         // Records still gathering for the writer thread reach the disk before we return.
         let audit = self.gateway.audit.clone();
         let _ = tokio::task::spawn_blocking(move || audit.flush()).await;
+    }
+
+    /// Tasks alive on the connection workers (connections, requests, upstream connections).
+    pub fn worker_tasks(&self) -> usize {
+        self.workers.alive_tasks()
     }
 
     /// Reloads the rules now (SIGHUP), even if the files look unchanged.
@@ -86,11 +99,13 @@ pub async fn start(
     let audit = Arc::new(AuditLog::open(&settings.audit)?);
     let metrics = Arc::new(Metrics::default());
     let jwt = JwtVerifier::from_settings(&settings.jwt)?;
+    let n_workers = crate::server::workers::resolve_count(settings.limits.workers);
     let upstreams = settings
         .upstreams
         .iter()
-        .map(Upstream::new)
+        .map(|u| Upstream::new(u, n_workers + 1))
         .collect::<Result<Vec<_>, _>>()?;
+    let workers = Arc::new(Workers::start(n_workers)?);
     let settings = Arc::new(settings);
     let rules_handle = RulesHandle::new(
         snapshot,
@@ -117,6 +132,7 @@ pub async fn start(
             listener,
             tls.clone(),
             gateway.clone(),
+            workers.clone(),
             rx.clone(),
         )),
         tokio::spawn(crate::config::reload::watch(
@@ -151,6 +167,7 @@ pub async fn start(
         gateway,
         tls,
         admin,
+        workers,
         shutdown: tx,
         tasks,
     })

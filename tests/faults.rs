@@ -418,10 +418,12 @@ async fn upstream_huge_response_headers_are_502() {
     assert_eq!(fetch(&h, false, DPO, "/api/patients").await.0, 200);
 }
 
-fn alive_tasks() -> usize {
+/// Tasks alive on the test's runtime and on the gateway's connection workers.
+fn alive_tasks(h: &Harness) -> usize {
     tokio::runtime::Handle::current()
         .metrics()
         .num_alive_tasks()
+        + h.gateway.worker_tasks()
 }
 
 #[tokio::test]
@@ -456,7 +458,7 @@ async fn client_disconnects_mid_request_and_mid_response_leak_nothing() {
     let h = gateway_to(&up, &audit, Duration::from_secs(5)).await;
     let metrics = h.gateway.gateway.metrics.clone();
     let open = move || metrics.open_connections.load(Ordering::Relaxed);
-    let baseline = alive_tasks();
+    let baseline = alive_tasks(&h);
     let t = h.token(DPO);
 
     let mut s = tls_connect(&h, b"http/1.1").await;
@@ -469,6 +471,8 @@ async fn client_disconnects_mid_request_and_mid_response_leak_nothing() {
         got += s.read(&mut buf).await.unwrap();
     }
     assert_eq!(open(), 1);
+    // The count sees the gateway's connection tasks (so the check below can fail).
+    assert!(alive_tasks(&h) > baseline);
     drop(s);
     let gone = eventually(Duration::from_secs(5), || {
         let f = upstream_saw_close.clone();
@@ -509,13 +513,13 @@ async fn client_disconnects_mid_request_and_mid_response_leak_nothing() {
     .await;
     assert!(drained.is_some(), "open connections: {}", open());
     let settled = eventually(Duration::from_secs(5), || async {
-        alive_tasks() <= baseline
+        alive_tasks(&h) <= baseline
     })
     .await;
     assert!(
         settled.is_some(),
         "tasks: {} alive, {baseline} before",
-        alive_tasks()
+        alive_tasks(&h)
     );
     // And the next request is served.
     assert_eq!(fetch(&h, false, MASKED, "/api/patients").await.0, 200);

@@ -119,6 +119,7 @@ struct RawLimits {
     max_header_bytes: Option<Size>,
     max_headers: Option<usize>,
     h2_max_concurrent_streams: Option<u32>,
+    workers: Option<usize>,
     max_request_body: Option<Size>,
     max_masked_body: Option<Size>,
     max_json_depth: Option<usize>,
@@ -177,6 +178,9 @@ pub struct Limits {
     pub max_json_depth: usize,
     /// How long in-flight requests may take to finish after SIGTERM / SIGINT.
     pub shutdown_deadline: Duration,
+    /// Threads serving connections, each with its own event loop and upstream pool
+    /// (0: one per available core).
+    pub workers: usize,
 }
 
 impl Default for Limits {
@@ -193,6 +197,7 @@ impl Default for Limits {
             max_masked_body: 16 << 20,
             max_json_depth: 128,
             shutdown_deadline: Duration::from_secs(30),
+            workers: 0,
         }
     }
 }
@@ -377,6 +382,7 @@ impl Settings {
             max_masked_body: l.max_masked_body.map_or(dl.max_masked_body, |x| x.0),
             max_json_depth: l.max_json_depth.unwrap_or(dl.max_json_depth),
             shutdown_deadline: l.shutdown_deadline.map_or(dl.shutdown_deadline, |x| x.0),
+            workers: l.workers.unwrap_or(dl.workers),
         };
         for (key, bad) in [
             ("max_connections", limits.max_connections == 0),
@@ -392,6 +398,7 @@ impl Settings {
             ("handshake_timeout", limits.handshake_timeout.is_zero()),
             ("header_read_timeout", limits.header_read_timeout.is_zero()),
             ("idle_timeout", limits.idle_timeout.is_zero()),
+            ("workers (0 to 1024)", limits.workers > 1024),
         ] {
             if bad {
                 d.push(

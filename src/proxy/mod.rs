@@ -301,7 +301,7 @@ impl Gateway {
         *out.headers_mut() = headers;
         *out.version_mut() = Version::HTTP_11;
 
-        let sent = tokio::time::timeout(us.timeout, upstream.client.request(out)).await;
+        let sent = tokio::time::timeout(us.timeout, upstream.client().request(out)).await;
         let resp = match sent {
             _ if too_large.load(Ordering::Relaxed) => return Err(GatewayError::PayloadTooLarge),
             Err(_) => return Err(GatewayError::UpstreamTimeout),

@@ -12,9 +12,13 @@ use rustls::pki_types::CertificateDer;
 use crate::config::settings::UpstreamSettings;
 use crate::error::Body;
 
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Body>;
+
 pub struct Upstream {
     pub settings: UpstreamSettings,
-    pub client: Client<HttpsConnector<HttpConnector>, Body>,
+    /// One pool per connection worker (slot 0: any other thread), so an upstream
+    /// connection is only ever driven by the worker whose requests use it.
+    clients: Vec<UpstreamClient>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +34,13 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 impl Upstream {
-    pub fn new(s: &UpstreamSettings) -> Result<Upstream, UpstreamError> {
+    /// The pool of the calling thread's worker.
+    pub fn client(&self) -> &UpstreamClient {
+        &self.clients[crate::server::workers::current_slot() % self.clients.len()]
+    }
+
+    /// `slots`: one pool per connection worker plus one for other threads.
+    pub fn new(s: &UpstreamSettings, slots: usize) -> Result<Upstream, UpstreamError> {
         let mut roots = rustls::RootCertStore::empty();
         match &s.ca {
             Some(ca) => {
@@ -72,7 +82,9 @@ impl Upstream {
             .http2_only(s.http2);
         Ok(Upstream {
             settings: s.clone(),
-            client: client.build(connector),
+            clients: (0..slots.max(1))
+                .map(|_| client.build(connector.clone()))
+                .collect(),
         })
     }
 }

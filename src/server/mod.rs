@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod tls;
+pub mod workers;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -28,6 +29,7 @@ pub async fn serve(
     listener: TcpListener,
     tls: Arc<ArcSwap<rustls::ServerConfig>>,
     gateway: Arc<Gateway>,
+    workers: Arc<workers::Workers>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let limits = gateway.settings.limits.clone();
@@ -62,13 +64,28 @@ pub async fn serve(
             _ = shutdown.changed() => break,
         };
         let _ = tcp.set_nodelay(true);
+        // Handed to a worker: deregistered from this runtime, registered on that one.
+        let tcp = match tcp.into_std() {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "cannot hand the connection to a worker");
+                continue;
+            }
+        };
         let acceptor = TlsAcceptor::from(tls.load_full());
         let gateway = gateway.clone();
         let limits = limits.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        workers.spawn(async move {
             let _permit = permit;
             let _open = OpenConnection::new(&gateway.metrics);
+            let tcp = match tokio::net::TcpStream::from_std(tcp) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "cannot register the connection");
+                    return;
+                }
+            };
             let stream =
                 match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(s)) => s,
