@@ -355,6 +355,36 @@ async fn upstream_stalling_mid_body_is_cut_off() {
 }
 
 #[tokio::test]
+async fn a_slow_but_steady_body_is_not_cut_off() {
+    // Each gap (300 ms) is under the upstream timeout (700 ms), the whole body (6 x 300 ms)
+    // is not: the stall clock must restart on every frame, not run from the head.
+    let pieces: Vec<String> = (0..6).map(|i| format!("{{\"id\":{i}}},")).collect();
+    let body = format!("[{}{{\"id\":6}}]", pieces.concat());
+    let total = body.len();
+    let up = RawUpstream::start(move |mut s, _| {
+        let pieces = pieces.clone();
+        async move {
+            let _ = s.write_all(json_head(total).as_bytes()).await;
+            let _ = s.write_all(b"[").await;
+            for p in pieces {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let _ = s.write_all(p.as_bytes()).await;
+            }
+            let _ = s.write_all(b"{\"id\":6}]").await;
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let h = gateway_to(&up, &audit, Duration::from_millis(700)).await;
+    let t = Instant::now();
+    let (status, _, got) = fetch(&h, false, DPO, "/api/patients").await;
+    assert_eq!(status, 200);
+    assert_eq!(got.expect("the whole body").as_ref(), body.as_bytes());
+    assert!(t.elapsed() > Duration::from_millis(1500));
+}
+
+#[tokio::test]
 async fn upstream_informational_no_content_and_not_modified() {
     let up = RawUpstream::start(|mut s, n| async move {
         let bytes = match n % 3 {

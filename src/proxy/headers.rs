@@ -139,22 +139,32 @@ pub fn check_http1_framing(version: http::Version, h: &HeaderMap) -> Result<(), 
     Ok(())
 }
 
+fn is_hop_by_hop(n: &str) -> bool {
+    HOP_BY_HOP.contains(&n)
+}
+
+/// What `sanitize_request_headers` drops, by name alone.
+fn client_may_not_send(n: &str, keep_authorization: bool) -> bool {
+    is_hop_by_hop(n)
+        || OVERRIDES.contains(&n)
+        || GATEWAY_OWNED.contains(&n)
+        || n == "host"
+        || (!keep_authorization && n == "authorization")
+        || is_phigate_header(n)
+        || is_framing_lookalike(n)
+}
+
 /// Removes everything a client may not forward. `keep_authorization` is the upstream's choice.
 pub fn sanitize_request_headers(h: &mut HeaderMap, keep_authorization: bool) {
     remove_connection_listed(h);
-    for name in HOP_BY_HOP.iter().chain(OVERRIDES).chain(GATEWAY_OWNED) {
-        h.remove(*name);
-    }
-    h.remove(header::HOST);
-    if !keep_authorization {
-        h.remove(header::AUTHORIZATION);
-    }
-    let ours: Vec<HeaderName> = h
+    // One pass over the few headers a request has, rather than one hashed lookup per
+    // name we might drop.
+    let drop: Vec<HeaderName> = h
         .keys()
-        .filter(|k| is_phigate_header(k.as_str()) || is_framing_lookalike(k.as_str()))
+        .filter(|k| client_may_not_send(k.as_str(), keep_authorization))
         .cloned()
         .collect();
-    for k in ours {
+    for k in drop {
         h.remove(k);
     }
 }
@@ -162,12 +172,20 @@ pub fn sanitize_request_headers(h: &mut HeaderMap, keep_authorization: bool) {
 /// Removes hop-by-hop headers from an upstream response.
 pub fn sanitize_response_headers(h: &mut HeaderMap) {
     remove_connection_listed(h);
-    for name in HOP_BY_HOP {
-        h.remove(*name);
+    let drop: Vec<HeaderName> = h
+        .keys()
+        .filter(|k| is_hop_by_hop(k.as_str()))
+        .cloned()
+        .collect();
+    for k in drop {
+        h.remove(k);
     }
 }
 
 fn remove_connection_listed(h: &mut HeaderMap) {
+    if !h.contains_key(header::CONNECTION) {
+        return;
+    }
     let listed: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -219,6 +237,29 @@ mod tests {
         h.insert("accept", HeaderValue::from_static("*/*"));
         sanitize_request_headers(&mut h, false);
         assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["accept"]);
+    }
+
+    #[test]
+    fn strips_hop_by_hop_from_responses_only() {
+        let mut h = HeaderMap::new();
+        for (n, v) in [
+            ("connection", "keep-alive, x-hop"),
+            ("x-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("content-type", "application/json"),
+            ("x-forwarded-for", "1.2.3.4"),
+        ] {
+            h.insert(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_static(v),
+            );
+        }
+        sanitize_response_headers(&mut h);
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-type", "x-forwarded-for"]);
     }
 
     #[test]

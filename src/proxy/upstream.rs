@@ -98,7 +98,11 @@ pub type OnAbort = Box<dyn FnOnce(&'static str) + Send>;
 pub struct WatchedBody {
     inner: hyper::body::Incoming,
     idle: std::time::Duration,
-    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// Armed only once the body is not ready at once: most small bodies arrive with the
+    /// head, and then no timer is ever registered.
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// A frame arrived since the timer was last (re)armed.
+    progressed: bool,
     on_abort: Option<OnAbort>,
 }
 
@@ -107,7 +111,8 @@ impl WatchedBody {
         WatchedBody {
             inner,
             idle,
-            timer: Box::pin(tokio::time::sleep(idle)),
+            timer: None,
+            progressed: false,
             on_abort: Some(on_abort),
         }
     }
@@ -132,8 +137,8 @@ impl http_body::Body for WatchedBody {
         let this = &mut *self;
         match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(f))) => {
-                let at = tokio::time::Instant::now() + this.idle;
-                this.timer.as_mut().reset(at);
+                // Progress: the stall clock starts again at the next wait.
+                this.progressed = true;
                 Poll::Ready(Some(Ok(f)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -145,7 +150,20 @@ impl http_body::Body for WatchedBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                if this.timer.as_mut().poll(cx).is_ready() {
+                let idle = this.idle;
+                let timer = match &mut this.timer {
+                    Some(t) => {
+                        if std::mem::take(&mut this.progressed) {
+                            t.as_mut().reset(tokio::time::Instant::now() + idle);
+                        }
+                        t
+                    }
+                    None => {
+                        this.progressed = false;
+                        this.timer.insert(Box::pin(tokio::time::sleep(idle)))
+                    }
+                };
+                if timer.as_mut().poll(cx).is_ready() {
                     this.abort("upstream_body_timeout");
                     return Poll::Ready(Some(Err("the upstream stalled mid-body".into())));
                 }
