@@ -369,12 +369,22 @@ pub fn rfc3339(secs: u64, millis: u32) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    // Written digit by digit: this runs for every audit record.
+    let mut out = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, width: usize, mut v: u64| {
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, y.clamp(0, 9999) as u64);
+    put(5, 2, m as u64);
+    put(8, 2, d as u64);
+    put(11, 2, rem / 3600);
+    put(14, 2, rem % 3600 / 60);
+    put(17, 2, rem % 60);
+    put(20, 3, u64::from(millis.min(999)));
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -450,5 +460,7 @@ mod tests {
     fn formats_timestamps() {
         assert_eq!(super::rfc3339(0, 0), "1970-01-01T00:00:00.000Z");
         assert_eq!(super::rfc3339(1_795_000_000, 5), "2026-11-18T11:06:40.005Z");
+        assert_eq!(super::rfc3339(951_782_400, 999), "2000-02-29T00:00:00.999Z");
+        assert_eq!(super::rfc3339(4_102_444_799, 0), "2099-12-31T23:59:59.000Z");
     }
 }

@@ -130,7 +130,7 @@ impl GatewayError {
         );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Ok(v) = HeaderValue::from_str(request_id) {
-            h.insert("x-request-id", v);
+            h.insert(crate::proxy::headers::X_REQUEST_ID, v);
         }
         match self {
             GatewayError::Unauthenticated(AuthError::Missing | AuthError::NotBearer) => {

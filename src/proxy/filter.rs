@@ -299,9 +299,10 @@ impl MaskJob<'_> {
                 parts
                     .headers
                     .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
-                parts
-                    .headers
-                    .insert("x-phigate-masked", HeaderValue::from(report.count));
+                parts.headers.insert(
+                    super::headers::X_PHIGATE_MASKED,
+                    HeaderValue::from(report.count),
+                );
                 Ok(Filtered {
                     response: Response::from_parts(parts, full_body(out)),
                     report: Some(report),
@@ -310,9 +311,10 @@ impl MaskJob<'_> {
             BodyKind::Ndjson => {
                 let coding = content_coding(&parts.headers)?;
                 set_masked_headers(&mut parts.headers, self.passthrough_headers);
-                parts
-                    .headers
-                    .insert("x-phigate-masked", HeaderValue::from_static("stream"));
+                parts.headers.insert(
+                    super::headers::X_PHIGATE_MASKED,
+                    HeaderValue::from_static("stream"),
+                );
                 let body: Body = if coding == Coding::Identity {
                     NdjsonMasker::new(
                         body.map_err(BoxError::from).boxed_unsync(),

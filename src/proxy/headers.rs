@@ -5,6 +5,17 @@ use http::header::{self, HeaderMap, HeaderName};
 
 use crate::error::GatewayError;
 
+/// Names the gateway sets, parsed at compile time (a `&str` name is parsed and validated
+/// on every insert).
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const X_PHIGATE_ROUTE: HeaderName = HeaderName::from_static("x-phigate-route");
+pub const X_PHIGATE_USER: HeaderName = HeaderName::from_static("x-phigate-user");
+pub const X_PHIGATE_DATA_ACCESS: HeaderName = HeaderName::from_static("x-phigate-data-access");
+pub const X_PHIGATE_MASKED: HeaderName = HeaderName::from_static("x-phigate-masked");
+
 /// Hop-by-hop headers (RFC 9110 7.6.1) plus the legacy ones proxies must not forward.
 const HOP_BY_HOP: &[&str] = &[
     "connection",

@@ -6,7 +6,6 @@ pub mod filter;
 pub mod headers;
 pub mod upstream;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -44,7 +43,9 @@ pub struct Gateway {
 pub struct RequestCtx {
     pub request_id: String,
     pub started: Instant,
-    pub peer: SocketAddr,
+    /// The client's address as the upstream sees it (`X-Forwarded-For`), made once per
+    /// connection.
+    pub peer_ip: HeaderValue,
     pub method: Method,
     /// The snapshot this request started with; it finishes on it, whatever reloads happen.
     pub rules: Arc<RuleSnapshot>,
@@ -89,16 +90,19 @@ impl Gateway {
         }
     }
 
+    fn next_request_id(&self) -> String {
+        request_id(
+            &self.id_prefix,
+            self.request_seq.fetch_add(1, Ordering::Relaxed),
+        )
+    }
+
     /// Serves one request: never fails, every refusal is a response.
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    pub async fn handle(&self, req: Request<Incoming>, peer_ip: HeaderValue) -> Response<Body> {
         let mut ctx = RequestCtx {
-            request_id: format!(
-                "{}-{:x}",
-                self.id_prefix,
-                self.request_seq.fetch_add(1, Ordering::Relaxed)
-            ),
+            request_id: self.next_request_id(),
             started: Instant::now(),
-            peer,
+            peer_ip,
             method: req.method().clone(),
             rules: self.rules.load_full(),
             canonical_path: None,
@@ -130,7 +134,7 @@ impl Gateway {
         match self.phases(ctx, req).await {
             Ok(mut resp) => {
                 if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
-                    resp.headers_mut().insert("x-request-id", v);
+                    resp.headers_mut().insert(headers::X_REQUEST_ID, v);
                 }
                 self.finish(ctx, resp.status(), None);
                 resp
@@ -261,24 +265,26 @@ impl Gateway {
         if ctx.mask.is_some() {
             filter::prepare_masked_request(&mut headers);
         }
-        let add = |h: &mut http::HeaderMap, name: &'static str, value: &str| {
+        let add = |h: &mut http::HeaderMap, name: http::HeaderName, value: &str| {
             if let Ok(v) = HeaderValue::from_str(value) {
                 h.insert(name, v);
             }
         };
-        add(&mut headers, "x-forwarded-for", &ctx.peer.ip().to_string());
-        add(&mut headers, "x-forwarded-proto", "https");
+        headers.insert(headers::X_FORWARDED_FOR, ctx.peer_ip.clone());
+        headers.insert(
+            headers::X_FORWARDED_PROTO,
+            HeaderValue::from_static("https"),
+        );
         if let Some(host) = &original_host {
-            add(&mut headers, "x-forwarded-host", host);
+            add(&mut headers, headers::X_FORWARDED_HOST, host);
         }
-        add(&mut headers, "x-request-id", &ctx.request_id);
-        add(&mut headers, "x-phigate-route", &route.name);
+        add(&mut headers, headers::X_REQUEST_ID, &ctx.request_id);
+        add(&mut headers, headers::X_PHIGATE_ROUTE, &route.name);
         if let (Some(id), Some(res)) = (&ctx.identity, &ctx.resolved) {
-            add(&mut headers, "x-phigate-user", &id.user);
-            add(
-                &mut headers,
-                "x-phigate-data-access",
-                res.data_access.as_str(),
+            add(&mut headers, headers::X_PHIGATE_USER, &id.user);
+            headers.insert(
+                headers::X_PHIGATE_DATA_ACCESS,
+                HeaderValue::from_static(res.data_access.as_str()),
             );
         }
         // The body streams through; past the limit it fails, the upstream request is
@@ -361,6 +367,20 @@ impl Gateway {
     }
 }
 
+/// `<process prefix>-<sequence in hex>`, without the formatting machinery (this runs on
+/// every request).
+fn request_id(prefix: &str, seq: u64) -> String {
+    let mut id = String::with_capacity(prefix.len() + 17);
+    id.push_str(prefix);
+    id.push('-');
+    let digits = (64 - seq.leading_zeros()).div_ceil(4).max(1);
+    for i in (0..digits).rev() {
+        let d = ((seq >> (i * 4)) & 0xf) as u8;
+        id.push(char::from(if d < 10 { b'0' + d } else { b'a' + d - 10 }));
+    }
+    id
+}
+
 fn count(hit: bool, hits: &AtomicU64, misses: &AtomicU64) {
     if hit { hits } else { misses }.fetch_add(1, Ordering::Relaxed);
 }
@@ -410,4 +430,14 @@ fn check_request(
         }
     }
     canonical_path(uri.path()).map_err(GatewayError::BadPath)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn request_ids_are_prefix_and_hex_sequence() {
+        for seq in [0u64, 1, 9, 10, 15, 16, 0xabc, 0x1_0000_0000, u64::MAX] {
+            assert_eq!(super::request_id("a1b2", seq), format!("a1b2-{seq:x}"));
+        }
+    }
 }

@@ -126,11 +126,15 @@ async fn serve_connection<I>(
 {
     let activity = Arc::new(Activity::new());
     let tracker = activity.clone();
+    // An IP address is always a valid header value; formatted once per connection.
+    let peer_ip = http::HeaderValue::try_from(peer.ip().to_string())
+        .unwrap_or_else(|_| http::HeaderValue::from_static("unknown"));
     let svc = service_fn(move |req| {
         let gateway = gateway.clone();
         let guard = InFlight::new(tracker.clone());
+        let peer_ip = peer_ip.clone();
         async move {
-            let resp = gateway.handle(req, peer).await;
+            let resp = gateway.handle(req, peer_ip).await;
             Ok::<_, std::convert::Infallible>(resp.map(|body| GuardedBody { body, guard }))
         }
     });
