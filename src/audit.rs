@@ -36,16 +36,42 @@ struct RequestRecord<'a> {
     route: Option<&'a str>,
     method: &'a str,
     path: Option<&'a str>,
-    required: Option<Vec<&'a str>>,
+    required: Option<Required<'a>>,
     decision: &'static str,
     reason: &'static str,
-    granted_by: Vec<Grant<'a>>,
+    granted_by: GrantedBy<'a>,
     masked_count: Option<usize>,
     masked_paths: Option<&'a [String]>,
     masked_paths_truncated: bool,
     status: u16,
     upstream_status: Option<u16>,
     latency_ms: f64,
+}
+
+/// The route's required permissions, serialized straight from the route.
+struct Required<'a>(&'a [crate::access::Permission]);
+
+impl Serialize for Required<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|p| p.as_str()))
+    }
+}
+
+/// The granted verdicts and where each grant came from, serialized straight from them.
+struct GrantedBy<'a>(&'a [PermissionVerdict]);
+
+impl Serialize for GrantedBy<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().filter_map(|v| match v {
+            PermissionVerdict::Granted {
+                permission, source, ..
+            } => Some(Grant {
+                permission,
+                source: DisplayStr(source),
+            }),
+            _ => None,
+        }))
+    }
 }
 
 #[derive(Serialize)]
@@ -69,19 +95,6 @@ fn request_record<'a>(
     refusal: Option<&GatewayError>,
 ) -> RequestRecord<'a> {
     let route = ctx.route();
-    let granted_by = ctx
-        .verdicts
-        .iter()
-        .filter_map(|v| match v {
-            PermissionVerdict::Granted {
-                permission, source, ..
-            } => Some(Grant {
-                permission,
-                source: DisplayStr(source),
-            }),
-            _ => None,
-        })
-        .collect();
     let masked = ctx.masked.as_ref();
     RequestRecord {
         kind: "request",
@@ -92,7 +105,7 @@ fn request_record<'a>(
         route: route.map(|r| r.name.as_str()),
         method: ctx.method.as_str(),
         path: ctx.canonical_path.as_deref(),
-        required: route.map(|r| r.require.iter().map(|p| p.as_str()).collect()),
+        required: route.map(|r| Required(&r.require)),
         decision: if refusal.is_some() { "deny" } else { "allow" },
         reason: refusal.map_or(
             if route.is_some_and(|r| r.public) {
@@ -102,7 +115,7 @@ fn request_record<'a>(
             },
             |e| e.reason(),
         ),
-        granted_by,
+        granted_by: GrantedBy(&ctx.verdicts),
         masked_count: masked.map(|m| m.count),
         masked_paths: masked.map(|m| &m.paths[..m.paths.len().min(MAX_AUDIT_PATHS)]),
         masked_paths_truncated: masked.is_some_and(|m| m.paths.len() > MAX_AUDIT_PATHS),
