@@ -1,10 +1,11 @@
 //! The JSON masker with a fixed field set. The input is any body: the masker never panics
 //! and never emits invalid JSON. When the input is JSON, a secret is planted under every
 //! masked name at every depth (and in every string array element a detector must catch);
-//! none may survive in the output.
+//! none may survive in the output. And the streaming masker must produce exactly what the
+//! tree walk (`mask_value` on a parsed document) produces, for compact and pretty input.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use phigate::masking::{FieldRules, FieldSet};
+use phigate::masking::{FieldRules, FieldSet, MaskReport};
 use serde_json::Value;
 use std::sync::{Arc, OnceLock};
 
@@ -19,6 +20,11 @@ sets:
       - { path: "$..email", action: pseudonymize }
       - { path: "$..phone", action: { mask: { keep_last: 4 } } }
       - { key: "(?i)^(mrn|medical_record_number)$", action: redact }
+      - { path: "$..address.zip", action: zip3 }
+      - { path: "$..dob", action: year }
+      - { path: "$.data.*.age", action: age90 }
+      - { path: "$.data[1].note", action: { replace: "n/a" } }
+      - { path: "$.data[2]", action: null }
     detect: [ssn, email]
 "#;
 
@@ -78,11 +84,39 @@ fn plant(v: &mut Value, depth: usize) {
     }
 }
 
+/// The tree walk's answer for a document that parses and is within `max_depth`.
+fn reference(set: &FieldSet, body: &[u8], max_depth: usize) -> Option<(Vec<u8>, MaskReport)> {
+    let mut v: Value = serde_json::from_slice(body).ok()?;
+    if depth(&v) > max_depth {
+        return None;
+    }
+    let mut report = MaskReport::default();
+    set.mask_value(&mut v, &mut report);
+    Some((serde_json::to_vec(&v).unwrap(), report))
+}
+
+/// Both engines agree, on the body as given and pretty-printed.
+fn same_as_tree_walk(set: &FieldSet, body: &[u8], max_depth: usize) {
+    let Some((want, want_report)) = reference(set, body, max_depth) else {
+        return;
+    };
+    let (got, got_report) = set
+        .mask_document(body, max_depth)
+        .expect("what the tree walk masks, mask_document masks");
+    assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(&want));
+    assert_eq!(got_report, want_report);
+    let pretty = serde_json::to_vec_pretty(&serde_json::from_slice::<Value>(body).unwrap()).unwrap();
+    if let Ok((got, _)) = set.mask_document(&pretty, max_depth) {
+        assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(&want));
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let set = set();
     if let Ok((out, _)) = set.mask_document(data, 64) {
         serde_json::from_slice::<Value>(&out).expect("masker output is JSON");
     }
+    same_as_tree_walk(set, data, 64);
     let Ok(mut doc) = serde_json::from_slice::<Value>(data) else {
         return;
     };
@@ -101,6 +135,7 @@ fuzz_target!(|data: &[u8]| {
     let (out, _) = set
         .mask_document(&body, 128)
         .expect("valid, shallow JSON is masked");
+    same_as_tree_walk(set, &body, 128);
     let text = String::from_utf8(out).unwrap();
     assert!(!text.contains(SECRET), "a planted value survived: {text}");
     assert!(!text.contains("123-45-6789"), "an SSN survived: {text}");
