@@ -113,6 +113,25 @@ def run_h2load_rate(url, header, rate, duration, clients=10):
             "p99": percentile(lat, 99), "p999": percentile(lat, 99.9)}
 
 
+def run_h2load_h2(url, header, clients, streams, duration):
+    """HTTP/2 closed loop: `clients` connections x `streams` concurrent streams for `duration` s."""
+    logf = f"/tmp/phigate-load-h2-{os.getpid()}.log"
+    # No warm-up period: h2load would leave its requests out of the count but not out of the
+    # CPU time we measure around it.
+    cmd = ["h2load", "-c", str(clients), "-m", str(streams), "-D", str(duration), "--log-file", logf]
+    if header:
+        cmd += ["-H", header]
+    cmd.append(url)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60).stdout
+    rows = [l.split("\t") for l in open(logf) if l.count("\t") >= 2]
+    os.unlink(logf)
+    lat = sorted(int(r[2]) for r in rows if r[1] == "200")
+    m = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", out)
+    return {"requests": len(rows), "ok": len(lat), "rps": float(m.group(1)) if m else len(lat) / duration,
+            "p50": percentile(lat, 50), "p99": percentile(lat, 99), "p999": percentile(lat, 99.9),
+            "errors": len(rows) - len(lat), "non2xx": 0}
+
+
 def med(xs):
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
@@ -203,11 +222,32 @@ def main():
                 half.setdefault(t, []).append(run_h2load_rate(url.format(f="small"), h, rate, max(5, a.duration)))
             extras["half_peak"] = {"peak_rps": peak, "rate": rate,
                                    **{t: {k: med([x[k] for x in v]) for k in v[0]} for t, v in half.items()}}
-            # 1,000 idle keep-alive TLS connections.
-            out = subprocess.run([a.gateway_bin, "idle", "--addr", gaddr, "--ca", info["ca"], "--token",
-                                  info["token_full"], "--conns", "1000", "--hold", "3", "--pid", str(gpid)],
-                                 capture_output=True, text=True, timeout=120).stdout
-            extras["idle"] = json.loads(out.strip().splitlines()[-1])
+            # HTTP/2 (h2load, 1 KB and 64 KB): peer D against phigate, same run.
+            h2 = {}
+            for rep in range(2):
+                for s in [x for x in ("small", "medium") if x in sizes]:
+                    for t in ["nginx_proxy", "phigate_pass", "phigate_masked", "nginx_lua_mask"]:
+                        url, h, cpu_pids = spec[t]
+                        c0 = cpu_ticks(cpu_pids)
+                        r = run_h2load_h2(url.format(f=s), h, 8, 10, max(4, a.duration))
+                        r["cpu_us"] = (cpu_ticks(cpu_pids) - c0) / HZ * 1e6 / max(1, r["ok"])
+                        h2.setdefault(f"{t}/{s}", []).append(r)
+                        log(f"h2 rep {rep + 1} {SIZES[s]:>4} {t:<15} {r['rps']:9.0f} req/s  p99 {fmt_us(r['p99']):>9}"
+                            f"  cpu {r['cpu_us']:7.0f} us/req  errors {r['errors']}")
+            extras["h2"] = {k: {f: med([x[f] for x in v]) for f in ("rps", "p50", "p99", "p999", "cpu_us", "errors")}
+                            for k, v in h2.items()}
+            # 1,000 idle keep-alive TLS connections, on a fresh gateway process (this one's heap
+            # still holds what the masked 1 MB runs used).
+            idle_gw = subprocess.Popen([a.gateway_bin, "serve", "--dir", gw_dir + "-idle", "--audit", a.audit],
+                                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            try:
+                iinfo = json.loads(idle_gw.stdout.readline())
+                out = subprocess.run([a.gateway_bin, "idle", "--addr", iinfo["addr"], "--ca", iinfo["ca"], "--token",
+                                      iinfo["token_full"], "--conns", "1000", "--hold", "3", "--pid", str(iinfo["pid"])],
+                                     capture_output=True, text=True, timeout=120).stdout
+                extras["idle"] = json.loads(out.strip().splitlines()[-1])
+            finally:
+                idle_gw.kill()
         extras["gateway_vmhwm_kb"] = status_kb(gpid, "VmHWM")
         extras["gateway_vmhwm_kb_after_size"] = hwm
         extras["loadavg_start"] = load1
@@ -261,9 +301,17 @@ def report(results, extras, sizes, conns, a):
             lines.append(f"| {t} | {fmt_us(x['p50'])} | {fmt_us(x['p99'])} | {fmt_us(x['p999'])} | {x['ok']:.0f}/{x['all']:.0f} |")
         lines.append(f"\nAdded p99 over the upstream alone: phigate {fmt_us(hp['phigate_pass']['p99'] - hp['upstream']['p99'])}, "
                      f"nginx proxy {fmt_us(hp['nginx_proxy']['p99'] - hp['upstream']['p99'])}")
+    h2 = extras.get("h2")
+    if h2:
+        lines += ["", "## HTTP/2 (h2load, 8 connections x 10 streams, TLS; medians of 2)", "",
+                  "| body | target | req/s | p50 | p99 | p99.9 | proxy CPU us/req | errors |", "|---|---|---|---|---|---|---|---|"]
+        for k, x in h2.items():
+            t, s = k.split("/")
+            lines.append(f"| {SIZES[s]} | {t} | {x['rps']:.0f} | {fmt_us(x['p50'])} | {fmt_us(x['p99'])} | "
+                         f"{fmt_us(x['p999'])} | {x['cpu_us']:.0f} | {x['errors']:.0f} |")
     idle = extras.get("idle")
     if idle:
-        lines.append(f"\n1,000 idle keep-alive TLS connections: {idle['conns_open']} open ({idle['failed']} failed); "
+        lines.append(f"\n1,000 idle keep-alive TLS connections (fresh gateway process): {idle['conns_open']} open ({idle['failed']} failed); "
                      f"gateway RSS {idle['gateway_rss_kb_before'] / 1024:.1f} MB before, "
                      f"{idle['gateway_rss_kb_held'] / 1024:.1f} MB while held")
     lines.append(f"\nGateway peak RSS (VmHWM): {extras['gateway_vmhwm_kb'] / 1024:.1f} MB "
