@@ -5,6 +5,7 @@ use aws_lc_rs::{digest, hmac};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde_json::Value;
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 pub const REDACTED: &str = "[REDACTED]";
@@ -65,6 +66,19 @@ impl Action {
     /// Applies the action in place. Returns true when the node must be removed
     /// from its parent (the caller owns the parent).
     pub fn apply(&self, v: &mut Value, ps: Option<&Pseudonymizer>) -> bool {
+        // Strings go through `apply_str`, which the streaming masker calls directly:
+        // one implementation keeps both engines identical.
+        if let Value::String(s) = v {
+            let new = match self.apply_str(s, ps) {
+                StrResult::Remove => return true,
+                StrResult::Keep => return false,
+                StrResult::Null => Value::Null,
+                StrResult::Json(r) => r.clone(),
+                StrResult::Str(t) => Value::String(t.into_owned()),
+            };
+            *v = new;
+            return false;
+        }
         let new = match self {
             Action::Remove => return true,
             Action::Null => Value::Null,
@@ -72,10 +86,8 @@ impl Action {
             Action::Replace(r) => r.clone(),
             // null and an earlier fail-closed result carry no data: value
             // transforms leave them alone (keeps masking idempotent).
-            _ if v.is_null() || v.as_str() == Some(REDACTED) => return false,
+            _ if v.is_null() => return false,
             Action::Pseudonymize => match (v as &Value, ps) {
-                (Value::String(s), Some(p)) if p.is_token(s) => return false,
-                (Value::String(s), Some(p)) => Value::String(p.token(s)),
                 (Value::Number(n), Some(p)) => Value::String(p.token(&n.to_string())),
                 _ => redacted(),
             },
@@ -84,10 +96,6 @@ impl Action {
                 keep_last,
                 ch,
             } => match v {
-                Value::String(s) => match mask_str(s, *keep_first, *keep_last, *ch) {
-                    Some(m) => Value::String(m),
-                    None => return false,
-                },
                 Value::Number(n) => {
                     let s = n.to_string();
                     Value::String(
@@ -98,11 +106,6 @@ impl Action {
                 _ => redacted(),
             },
             Action::Year => match v {
-                Value::String(s) => match year_of(s) {
-                    Some(y) if y == s => return false,
-                    Some(y) => Value::String(y.to_string()),
-                    None => redacted(),
-                },
                 // A bare year number is already only a year.
                 Value::Number(n) if n.as_u64().is_some_and(|y| (1000..=9999).contains(&y)) => {
                     return false
@@ -110,11 +113,6 @@ impl Action {
                 _ => redacted(),
             },
             Action::Zip3 => match v {
-                Value::String(s) => match zip3_str(s) {
-                    Some(z) if z == *s => return false,
-                    Some(z) => Value::String(z),
-                    None => redacted(),
-                },
                 Value::Number(n) => match n.as_u64().filter(|z| *z <= 99_999) {
                     Some(z) => Value::String(zip3_prefix(&format!("{z:05}")[..3])),
                     None => redacted(),
@@ -127,18 +125,73 @@ impl Action {
                     Some(_) => return false,
                     None => redacted(),
                 },
-                Value::String(s) if s == "90+" => return false,
-                Value::String(s) => match parse_age(s) {
-                    Some(a) if a >= 90.0 => Value::String("90+".into()),
-                    Some(_) => return false,
-                    None => redacted(),
-                },
                 _ => redacted(),
             },
         };
         *v = new;
         false
     }
+
+    /// The action applied to a string value, without building a `Value` (the streaming
+    /// masker writes the result straight out).
+    pub(crate) fn apply_str<'a>(&'a self, s: &'a str, ps: Option<&Pseudonymizer>) -> StrResult<'a> {
+        const RED: StrResult<'static> = StrResult::Str(Cow::Borrowed(REDACTED));
+        match self {
+            Action::Remove => StrResult::Remove,
+            Action::Null => StrResult::Null,
+            Action::Redact => RED,
+            Action::Replace(r) => StrResult::Json(r),
+            // An earlier fail-closed result carries no data: value transforms leave it
+            // alone (keeps masking idempotent).
+            _ if s == REDACTED => StrResult::Keep,
+            Action::Pseudonymize => match ps {
+                Some(p) if p.is_token(s) => StrResult::Keep,
+                Some(p) => StrResult::Str(Cow::Owned(p.token(s))),
+                None => RED,
+            },
+            Action::Mask {
+                keep_first,
+                keep_last,
+                ch,
+            } => match mask_str(s, *keep_first, *keep_last, *ch) {
+                Some(m) => StrResult::Str(Cow::Owned(m)),
+                None => StrResult::Keep,
+            },
+            Action::Year => match year_of(s) {
+                Some(y) if y == s => StrResult::Keep,
+                Some(y) => StrResult::Str(Cow::Borrowed(y)),
+                None => RED,
+            },
+            Action::Zip3 => match zip3_str(s) {
+                Some(z) if z == s => StrResult::Keep,
+                Some(z) => StrResult::Str(Cow::Owned(z)),
+                None => RED,
+            },
+            Action::Age90 => {
+                if s == "90+" {
+                    return StrResult::Keep;
+                }
+                match parse_age(s) {
+                    Some(a) if a >= 90.0 => StrResult::Str(Cow::Borrowed("90+")),
+                    Some(_) => StrResult::Keep,
+                    None => RED,
+                }
+            }
+        }
+    }
+}
+
+/// What an action makes of a string value.
+#[derive(Debug, PartialEq)]
+pub(crate) enum StrResult<'a> {
+    /// Remove the member / element.
+    Remove,
+    /// Leave the value as it is.
+    Keep,
+    Null,
+    /// A `replace` value.
+    Json(&'a Value),
+    Str(Cow<'a, str>),
 }
 
 fn redacted() -> Value {
@@ -212,24 +265,31 @@ impl Pseudonymizer {
 /// between. Returns None when `s` is already in masked form (fixed point).
 /// Inputs too short to hide anything become the fill run alone.
 pub fn mask_str(s: &str, keep_first: usize, keep_last: usize, ch: char) -> Option<String> {
-    let chars: Vec<char> = s.chars().collect();
-    let n = chars.len();
-    let fill_only = n == MASK_FILL && chars.iter().all(|c| *c == ch);
+    // Char positions as byte offsets; ASCII (the common case) needs no walk.
+    let ascii = s.is_ascii();
+    let n = if ascii { s.len() } else { s.chars().count() };
+    let at = |i: usize| {
+        if ascii {
+            i.min(s.len())
+        } else {
+            s.char_indices().nth(i).map_or(s.len(), |(b, _)| b)
+        }
+    };
+    let is_fill = |part: &str| part.chars().all(|c| c == ch);
+    let fill_only = n == MASK_FILL && is_fill(s);
     let already = n == keep_first + MASK_FILL + keep_last
-        && chars[keep_first..keep_first + MASK_FILL]
-            .iter()
-            .all(|c| *c == ch);
+        && is_fill(&s[at(keep_first)..at(keep_first + MASK_FILL)]);
     if fill_only || already {
         return None;
     }
-    let mut out = String::with_capacity(s.len() + MASK_FILL);
+    let mut out = String::with_capacity(s.len() + MASK_FILL * ch.len_utf8());
     if n <= keep_first + keep_last {
         out.extend(std::iter::repeat_n(ch, MASK_FILL));
         return Some(out);
     }
-    out.extend(&chars[..keep_first]);
+    out.push_str(&s[..at(keep_first)]);
     out.extend(std::iter::repeat_n(ch, MASK_FILL));
-    out.extend(&chars[n - keep_last..]);
+    out.push_str(&s[at(n - keep_last)..]);
     Some(out)
 }
 

@@ -1,7 +1,8 @@
 //! Streaming masker: the common case (fast paths, `key` rules and detectors; no slow-path
 //! rule) masks in one pass over the bytes, without building a `serde_json::Value` of the
-//! document. Unselected members are copied through in compact form; a selected node alone
-//! is parsed, transformed by its action and written back.
+//! document. Unselected members are copied through in compact form; a selected scalar is
+//! transformed straight from the text, a selected container alone is parsed, transformed by
+//! its action and written back. Fast rules are stepped as one DFA (`dfa`).
 //!
 //! The output is byte-for-byte what the tree walk in `engine` produces (compact serde_json,
 //! numbers and escapes normalised the same way). Whatever would need the whole tree or could
@@ -9,27 +10,23 @@
 //! JSON, nesting near the limits — makes this pass give up (`None`), and the caller masks
 //! with the tree walk, which also produces the exact error.
 
-use super::engine::{depth_of, KeyInfo, Walker};
-use super::path::{push_index, push_name, FastSel, StepRef};
+use super::actions::StrResult;
+use super::dfa::{name_hash, Dfa};
+use super::engine::depth_of;
+use super::path::{push_index, push_name};
 use super::{FieldSet, MaskReport};
 use serde_json::Value;
 use std::collections::HashSet;
 
 /// serde_json's recursion limit, minus a margin: deeper documents take the tree walk.
 const MAX_STREAM_DEPTH: usize = 120;
-/// Objects up to this many members are checked for duplicate names by a linear scan.
+/// Objects up to this many members are checked for duplicate names by a bloom filter and a
+/// linear scan on its hits; larger ones by a hash set.
 const LINEAR_DUP_CHECK: usize = 24;
 
 /// Whether this set can be masked by the streaming pass at all.
 pub(super) fn supported(set: &FieldSet) -> bool {
-    set.slow.is_empty()
-        && !set.fast.iter().any(|f| {
-            f.segs.iter().any(|s| {
-                s.sels
-                    .iter()
-                    .any(|x| matches!(x, FastSel::Index(i) if *i < 0))
-            })
-        })
+    set.slow.is_empty() && set.dfa.is_some()
 }
 
 struct Bail;
@@ -42,20 +39,36 @@ enum PStep<'a> {
     Index(usize),
 }
 
+/// Member names seen so far in one open object.
 #[derive(Default)]
 struct Names<'a> {
     list: Vec<&'a str>,
+    /// Bit `name_hash >> 58` of every name in `list`: most new names miss it, and skip
+    /// the comparisons.
+    bloom: u64,
+    /// All names, once `list` outgrew `LINEAR_DUP_CHECK`.
     set: HashSet<&'a str>,
 }
 
+/// Per document: key-rule matches by member name (records repeat the same names, and a
+/// regex match costs more than a lookup).
+struct KeyMemo<'a> {
+    slots: Vec<Option<(u64, &'a str, u64)>>,
+    used: usize,
+}
+
 struct Stream<'s, 'r, 'a> {
+    set: &'s FieldSet,
+    dfa: &'s Dfa,
+    report: &'r mut MaskReport,
     text: &'a str,
     b: &'a [u8],
     i: usize,
     out: Vec<u8>,
-    w: Walker<'s, 'r>,
     path: Vec<PStep<'a>>,
     names: Vec<Names<'a>>,
+    memo: KeyMemo<'a>,
+    detect: bool,
     max_depth: usize,
 }
 
@@ -66,18 +79,33 @@ pub(super) fn mask(
     max_depth: usize,
     report: &mut MaskReport,
 ) -> Option<Vec<u8>> {
+    let dfa = set.dfa.as_ref()?;
+    let memo_slots = if set.keys.is_empty() {
+        0
+    } else {
+        // About one distinct name per 32 bytes at most; kept at most half full.
+        (text.len() / 16).next_power_of_two().clamp(16, 4096)
+    };
     let mut s = Stream {
+        set,
+        dfa,
+        report,
         text,
         b: text.as_bytes(),
         i: 0,
-        out: Vec::with_capacity(text.len()),
-        w: Walker::new(set, report, max_depth),
+        // Masked values may be longer than the originals (pseudonyms): leave some room.
+        out: Vec::with_capacity(text.len() + text.len() / 8 + 16),
         path: Vec::with_capacity(16),
         names: Vec::new(),
+        memo: KeyMemo {
+            slots: vec![None; memo_slots],
+            used: 0,
+        },
+        detect: !set.detectors.is_empty(),
         max_depth: max_depth.min(MAX_STREAM_DEPTH),
     };
     s.ws();
-    let removed = s.value(0, 0, None).ok()?;
+    let removed = s.value(Dfa::START, 0, 0).ok()?;
     if removed {
         // Removing the root is impossible; it becomes null (as the tree walk does).
         s.out.clear();
@@ -85,6 +113,34 @@ pub(super) fn mask(
     }
     s.ws();
     (s.i == s.b.len()).then_some(s.out)
+}
+
+/// Bytes 0x80 in each lane of `w` where the byte is '"', '\\' or a control character; the
+/// lowest flagged lane is exact (borrows only create false flags above a true one).
+#[inline]
+fn special_lanes(w: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    zero(w ^ (ONES * u64::from(b'"')))
+        | zero(w ^ (ONES * u64::from(b'\\')))
+        | (w.wrapping_sub(ONES * 0x20) & !w & HIGH)
+}
+
+/// Writes `s` as a JSON string exactly as serde_json does (it escapes only '"', '\\' and
+/// control characters).
+fn write_json_str(out: &mut Vec<u8>, s: &str) -> R<()> {
+    if s
+        .bytes()
+        .any(|c| c == b'"' || c == b'\\' || c < 0x20)
+    {
+        return serde_json::to_writer(out, s).map_err(|_| Bail);
+    }
+    out.reserve(s.len() + 2);
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
+    Ok(())
 }
 
 impl<'a> Stream<'_, '_, 'a> {
@@ -100,33 +156,75 @@ impl<'a> Stream<'_, '_, 'a> {
         self.b.get(self.i).copied().ok_or(Bail)
     }
 
-    fn render_path(&self) -> String {
-        let mut s = String::with_capacity(64);
-        s.push('$');
-        for st in &self.path {
-            match *st {
-                PStep::Key(k) => push_name(&mut s, k),
-                PStep::Index(i) => push_index(&mut s, i),
+    #[inline]
+    fn note_masked(&mut self) {
+        let (report, path) = (&mut *self.report, &self.path);
+        report.note(|| {
+            let mut s = String::with_capacity(64);
+            s.push('$');
+            for st in path {
+                match *st {
+                    PStep::Key(k) => push_name(&mut s, k),
+                    PStep::Index(i) => push_index(&mut s, i),
+                }
+            }
+            s
+        });
+    }
+
+    /// The rule selecting a node in DFA state `state` whose member name matched the key
+    /// rules `key_bits`: the lowest (rank, is_key_rule, file position), as `Walker::winner`.
+    #[inline]
+    fn winner(&self, state: u32, key_bits: u64) -> Option<u32> {
+        let fast = self.dfa.win(state);
+        if key_bits == 0 {
+            return fast.map(|(_, _, rule)| rule);
+        }
+        let mut best = fast.map(|(rank, pos, rule)| (rank, false, pos, rule));
+        let mut bits = key_bits;
+        while bits != 0 {
+            let b = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            let rule = self.set.keys[b].rule;
+            let a = &self.set.rules[rule as usize];
+            let cand = (a.action.rank(), true, a.position, rule);
+            if best.is_none_or(|b| cand < b) {
+                best = Some(cand);
             }
         }
-        s
+        best.map(|(_, _, _, rule)| rule)
     }
 
-    fn note_masked(&mut self) {
-        let p = self.render_path();
-        self.w.report.paths.push(p);
-        self.w.report.count += 1;
+    /// Key-rule matches of member name `k` (`h` = its `name_hash`), memoized per document.
+    #[inline]
+    fn key_bits(&mut self, k: &'a str, h: u64) -> u64 {
+        let slots = &mut self.memo.slots;
+        let mask = slots.len() - 1;
+        let mut j = h as usize & mask;
+        while let Some((eh, n, bits)) = slots[j] {
+            if eh == h && n == k {
+                return bits;
+            }
+            j = (j + 1) & mask;
+        }
+        let bits = self.set.key_rule_bits(k);
+        // At most half full, so probes stay short and always end at an empty slot.
+        if self.memo.used * 2 < slots.len() {
+            slots[j] = Some((h, k, bits));
+            self.memo.used += 1;
+        }
+        bits
     }
 
-    /// One value at NFA frame `off`. Returns true when it must be removed from its parent
+    /// One value in DFA state `state`. Returns true when it must be removed from its parent
     /// (nothing was written for it then).
-    fn value(&mut self, off: usize, depth: usize, key: Option<KeyInfo>) -> R<bool> {
-        if let Some(rule) = self.w.winner(off, None, key) {
+    fn value(&mut self, state: u32, depth: usize, key_bits: u64) -> R<bool> {
+        if let Some(rule) = self.winner(state, key_bits) {
             return self.selected(rule, depth);
         }
         match self.peek()? {
-            b'{' => self.object(off, depth).map(|_| false),
-            b'[' => self.array(off, depth).map(|_| false),
+            b'{' => self.object(state, depth).map(|_| false),
+            b'[' => self.array(state, depth).map(|_| false),
             b'"' => self.string().map(|_| false),
             b't' => self.literal(b"true").map(|_| false),
             b'f' => self.literal(b"false").map(|_| false),
@@ -135,28 +233,78 @@ impl<'a> Stream<'_, '_, 'a> {
         }
     }
 
-    /// A node some rule selects: parsed alone, its action applied, written back.
+    /// A node some rule selects: scalars are transformed straight from the text, containers
+    /// parsed alone; the result is written back.
     fn selected(&mut self, rule: u32, depth: usize) -> R<bool> {
-        let set = self.w.set;
+        let set = self.set;
         let action = &set.rules[rule as usize].action;
-        let rest = &self.text[self.i..];
-        let mut de = serde_json::Deserializer::from_str(rest).into_iter::<Value>();
-        let mut v = match de.next() {
-            Some(Ok(v)) => v,
-            _ => return Err(Bail),
+        let ps = set.pseudonymizer.as_deref();
+        let mut v = match self.peek()? {
+            b'"' => {
+                let (start, end, escaped) = self.scan_string()?;
+                let decoded: String;
+                let s: &str = if escaped {
+                    decoded = serde_json::from_str(&self.text[start..end]).map_err(|_| Bail)?;
+                    &decoded
+                } else {
+                    &self.text[start + 1..end - 1]
+                };
+                self.note_masked();
+                return match action.apply_str(s, ps) {
+                    StrResult::Remove => Ok(true),
+                    StrResult::Keep if !escaped => {
+                        self.out.extend_from_slice(&self.b[start..end]);
+                        Ok(false)
+                    }
+                    StrResult::Keep => write_json_str(&mut self.out, s).map(|_| false),
+                    StrResult::Null => {
+                        self.out.extend_from_slice(b"null");
+                        Ok(false)
+                    }
+                    StrResult::Json(r) => serde_json::to_writer(&mut self.out, r)
+                        .map(|_| false)
+                        .map_err(|_| Bail),
+                    StrResult::Str(t) => write_json_str(&mut self.out, &t).map(|_| false),
+                };
+            }
+            b'{' | b'[' => {
+                let rest = &self.text[self.i..];
+                let mut de = serde_json::Deserializer::from_str(rest).into_iter::<Value>();
+                let v = match de.next() {
+                    Some(Ok(v)) => v,
+                    _ => return Err(Bail),
+                };
+                // The replaced subtree is not walked; its depth still counts against the limit.
+                if depth + depth_of(&v) > self.max_depth {
+                    return Err(Bail);
+                }
+                self.i += de.byte_offset();
+                v
+            }
+            b't' => self.skip_literal(b"true", Value::Bool(true))?,
+            b'f' => self.skip_literal(b"false", Value::Bool(false))?,
+            b'n' => self.skip_literal(b"null", Value::Null)?,
+            _ => {
+                let (start, end, _) = self.scan_number()?;
+                self.i = end;
+                serde_json::from_str(&self.text[start..end]).map_err(|_| Bail)?
+            }
         };
-        let end = self.i + de.byte_offset();
-        // The replaced subtree is not walked; its depth still counts against the limit.
-        if (v.is_object() || v.is_array()) && depth + depth_of(&v) > self.max_depth {
-            return Err(Bail);
-        }
-        self.i = end;
         self.note_masked();
-        if action.apply(&mut v, set.pseudonymizer.as_deref()) {
+        if action.apply(&mut v, ps) {
             return Ok(true);
         }
         serde_json::to_writer(&mut self.out, &v).map_err(|_| Bail)?;
         Ok(false)
+    }
+
+    fn skip_literal(&mut self, lit: &[u8], v: Value) -> R<Value> {
+        if self.b[self.i..].starts_with(lit) {
+            self.i += lit.len();
+            Ok(v)
+        } else {
+            Err(Bail)
+        }
     }
 
     fn literal(&mut self, lit: &[u8]) -> R<()> {
@@ -172,11 +320,21 @@ impl<'a> Stream<'_, '_, 'a> {
     /// Scans a string token; returns its span (with quotes) and whether it has escapes.
     #[inline]
     fn scan_string(&mut self) -> R<(usize, usize, bool)> {
+        let b = self.b;
         let start = self.i;
         let mut j = start + 1;
         let mut escaped = false;
         loop {
-            match self.b.get(j) {
+            // Ordinary bytes 8 at a time.
+            while let Some(chunk) = b.get(j..j + 8) {
+                let lanes = special_lanes(u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
+                if lanes != 0 {
+                    j += (lanes.trailing_zeros() / 8) as usize;
+                    break;
+                }
+                j += 8;
+            }
+            match b.get(j) {
                 None => return Err(Bail),
                 Some(b'"') => break,
                 Some(b'\\') => {
@@ -194,6 +352,10 @@ impl<'a> Stream<'_, '_, 'a> {
     /// An unselected string: the detector backstop, then copied (or re-escaped as serde does).
     fn string(&mut self) -> R<()> {
         let (start, end, escaped) = self.scan_string()?;
+        if !escaped && !self.detect {
+            self.out.extend_from_slice(&self.b[start..end]);
+            return Ok(());
+        }
         let decoded: String;
         let s: &str = if escaped {
             decoded = serde_json::from_str(&self.text[start..end]).map_err(|_| Bail)?;
@@ -201,25 +363,25 @@ impl<'a> Stream<'_, '_, 'a> {
         } else {
             &self.text[start + 1..end - 1]
         };
-        let set = self.w.set;
-        if !set.detectors.is_empty() && !set.pseudonymizer.as_deref().is_some_and(|p| p.is_token(s))
-        {
+        let set = self.set;
+        if self.detect && !set.pseudonymizer.as_deref().is_some_and(|p| p.is_token(s)) {
             if let Some(new) = set.detectors.scrub(s) {
                 self.note_masked();
-                return serde_json::to_writer(&mut self.out, &new).map_err(|_| Bail);
+                return write_json_str(&mut self.out, &new);
             }
         }
         if escaped {
-            serde_json::to_writer(&mut self.out, s).map_err(|_| Bail)
+            write_json_str(&mut self.out, s)
         } else {
             self.out.extend_from_slice(&self.b[start..end]);
             Ok(())
         }
     }
 
-    /// A number: plain integers serde_json keeps as integers are copied; anything else
-    /// (fractions, exponents, -0, beyond 64 bits) is parsed and written as serde does.
-    fn number(&mut self) -> R<()> {
+    /// Scans a number token: its span and whether serde_json keeps it as written (a plain
+    /// integer within i64/u64, not -0).
+    #[inline]
+    fn scan_number(&self) -> R<(usize, usize, bool)> {
         let b = self.b;
         let start = self.i;
         let mut j = start;
@@ -264,34 +426,43 @@ impl<'a> Stream<'_, '_, 'a> {
                 return Err(Bail);
             }
         }
-        self.i = j;
-        let tok = &self.text[start..j];
         if simple {
             let mag = &self.text[digits..int_end];
-            let fits = if neg {
-                mag != "0" && tok.parse::<i64>().is_ok()
+            simple = if neg {
+                // -0 becomes the float -0.0.
+                mag != "0" && (mag.len() < 19 || self.text[start..j].parse::<i64>().is_ok())
             } else {
-                mag.parse::<u64>().is_ok()
+                mag.len() < 20 || mag.parse::<u64>().is_ok()
             };
-            if fits {
-                self.out.extend_from_slice(tok.as_bytes());
-                return Ok(());
-            }
         }
-        let n: Value = serde_json::from_str(tok).map_err(|_| Bail)?;
+        Ok((start, j, simple))
+    }
+
+    /// An unselected number: plain integers serde_json keeps as integers are copied;
+    /// anything else (fractions, exponents, -0, beyond 64 bits) is parsed and written as
+    /// serde does.
+    fn number(&mut self) -> R<()> {
+        let (start, end, simple) = self.scan_number()?;
+        self.i = end;
+        if simple {
+            self.out.extend_from_slice(&self.b[start..end]);
+            return Ok(());
+        }
+        let n: Value = serde_json::from_str(&self.text[start..end]).map_err(|_| Bail)?;
         serde_json::to_writer(&mut self.out, &n).map_err(|_| Bail)
     }
 
-    fn object(&mut self, off: usize, depth: usize) -> R<()> {
+    fn object(&mut self, state: u32, depth: usize) -> R<()> {
         if depth >= self.max_depth {
             return Err(Bail);
         }
-        let r = self.w.set.fast.len();
         if self.names.len() <= depth {
             self.names.resize_with(depth + 1, Names::default);
         }
-        self.names[depth].list.clear();
-        self.names[depth].set.clear();
+        let n = &mut self.names[depth];
+        n.list.clear();
+        n.bloom = 0;
+        n.set.clear();
         self.i += 1;
         self.out.push(b'{');
         self.ws();
@@ -300,6 +471,7 @@ impl<'a> Stream<'_, '_, 'a> {
             self.out.push(b'}');
             return Ok(());
         }
+        let has_keys = !self.set.keys.is_empty();
         let mut written = 0usize;
         loop {
             if self.peek()? != b'"' {
@@ -310,24 +482,16 @@ impl<'a> Stream<'_, '_, 'a> {
                 return Err(Bail);
             }
             let k: &'a str = &self.text[ks + 1..ke - 1];
-            self.check_duplicate(depth, k)?;
+            let h = name_hash(k.as_bytes());
+            self.check_duplicate(depth, k, h)?;
             self.ws();
             if self.peek()? != b':' {
                 return Err(Bail);
             }
             self.i += 1;
             self.ws();
-            let info = if self.w.set.needs_key_info {
-                self.w.key_info(k)
-            } else {
-                KeyInfo {
-                    key_rules: 0,
-                    named: false,
-                }
-            };
-            if r > 0 {
-                self.w.step_states(off, StepRef::Key(k), info.named);
-            }
+            let key_bits = if has_keys { self.key_bits(k, h) } else { 0 };
+            let child = self.dfa.next(state, self.dfa.name_class(k, h));
             let mark = self.out.len();
             if written > 0 {
                 self.out.push(b',');
@@ -335,7 +499,7 @@ impl<'a> Stream<'_, '_, 'a> {
             self.out.extend_from_slice(&self.b[ks..ke]);
             self.out.push(b':');
             self.path.push(PStep::Key(k));
-            let removed = self.value(off + r, depth + 1, Some(info))?;
+            let removed = self.value(child, depth + 1, key_bits)?;
             self.path.pop();
             if removed {
                 self.out.truncate(mark);
@@ -361,12 +525,14 @@ impl<'a> Stream<'_, '_, 'a> {
     /// serde_json keeps one member per name (the last value, at the first position): such
     /// objects take the tree walk.
     #[inline]
-    fn check_duplicate(&mut self, depth: usize, k: &'a str) -> R<()> {
+    fn check_duplicate(&mut self, depth: usize, k: &'a str, h: u64) -> R<()> {
         let n = &mut self.names[depth];
         if n.list.len() < LINEAR_DUP_CHECK {
-            if n.list.iter().any(|x| x.len() == k.len() && *x == k) {
+            let bit = 1u64 << (h >> 58);
+            if n.bloom & bit != 0 && n.list.contains(&k) {
                 return Err(Bail);
             }
+            n.bloom |= bit;
             n.list.push(k);
         } else {
             if n.set.is_empty() {
@@ -379,11 +545,10 @@ impl<'a> Stream<'_, '_, 'a> {
         Ok(())
     }
 
-    fn array(&mut self, off: usize, depth: usize) -> R<()> {
+    fn array(&mut self, state: u32, depth: usize) -> R<()> {
         if depth >= self.max_depth {
             return Err(Bail);
         }
-        let r = self.w.set.fast.len();
         self.i += 1;
         self.out.push(b'[');
         self.ws();
@@ -394,23 +559,13 @@ impl<'a> Stream<'_, '_, 'a> {
         }
         let (mut idx, mut written) = (0usize, 0usize);
         loop {
-            if r > 0 {
-                // No negative index selector here (see `supported`): the length is unused.
-                self.w.step_states(
-                    off,
-                    StepRef::Index {
-                        idx,
-                        len: usize::MAX,
-                    },
-                    false,
-                );
-            }
+            let child = self.dfa.next(state, self.dfa.index_class(idx));
             let mark = self.out.len();
             if written > 0 {
                 self.out.push(b',');
             }
             self.path.push(PStep::Index(idx));
-            let removed = self.value(off + r, depth + 1, None)?;
+            let removed = self.value(child, depth + 1, 0)?;
             self.path.pop();
             if removed {
                 self.out.truncate(mark);
