@@ -66,19 +66,27 @@ impl Action {
     /// Applies the action in place. Returns true when the node must be removed
     /// from its parent (the caller owns the parent).
     pub fn apply(&self, v: &mut Value, ps: Option<&Pseudonymizer>) -> bool {
-        // Strings go through `apply_str`, which the streaming masker calls directly:
-        // one implementation keeps both engines identical.
-        if let Value::String(s) = v {
-            let new = match self.apply_str(s, ps) {
-                StrResult::Remove => return true,
-                StrResult::Keep => return false,
-                StrResult::Null => Value::Null,
-                StrResult::Json(r) => r.clone(),
-                StrResult::Str(t) => Value::String(t.into_owned()),
-            };
-            *v = new;
-            return false;
-        }
+        // Strings and containers go through `apply_str` / `apply_container`, which the
+        // streaming masker calls directly: one implementation keeps both engines identical.
+        let mut buf = String::new();
+        let res = match v {
+            Value::String(s) => self.apply_str(s, ps, &mut buf),
+            Value::Object(_) | Value::Array(_) => self.apply_container(),
+            _ => return self.apply_scalar(v, ps),
+        };
+        let new = match res {
+            StrResult::Remove => return true,
+            StrResult::Keep => return false,
+            StrResult::Null => Value::Null,
+            StrResult::Json(r) => r.clone(),
+            StrResult::Str(t) => Value::String(t.into_owned()),
+        };
+        *v = new;
+        false
+    }
+
+    /// The action applied to a number, a boolean or null.
+    fn apply_scalar(&self, v: &mut Value, ps: Option<&Pseudonymizer>) -> bool {
         let new = match self {
             Action::Remove => return true,
             Action::Null => Value::Null,
@@ -132,9 +140,26 @@ impl Action {
         false
     }
 
+    /// The action applied to an object or array: no value transform applies to one, so they
+    /// fail closed.
+    pub(crate) fn apply_container(&self) -> StrResult<'_> {
+        match self {
+            Action::Remove => StrResult::Remove,
+            Action::Null => StrResult::Null,
+            Action::Replace(r) => StrResult::Json(r),
+            _ => StrResult::Str(Cow::Borrowed(REDACTED)),
+        }
+    }
+
     /// The action applied to a string value, without building a `Value` (the streaming
-    /// masker writes the result straight out).
-    pub(crate) fn apply_str<'a>(&'a self, s: &'a str, ps: Option<&Pseudonymizer>) -> StrResult<'a> {
+    /// masker writes the result straight out). `buf` holds computed results, so masking
+    /// many fields reuses one allocation.
+    pub(crate) fn apply_str<'a>(
+        &'a self,
+        s: &'a str,
+        ps: Option<&Pseudonymizer>,
+        buf: &'a mut String,
+    ) -> StrResult<'a> {
         const RED: StrResult<'static> = StrResult::Str(Cow::Borrowed(REDACTED));
         match self {
             Action::Remove => StrResult::Remove,
@@ -146,25 +171,40 @@ impl Action {
             _ if s == REDACTED => StrResult::Keep,
             Action::Pseudonymize => match ps {
                 Some(p) if p.is_token(s) => StrResult::Keep,
-                Some(p) => StrResult::Str(Cow::Owned(p.token(s))),
+                Some(p) => {
+                    buf.clear();
+                    p.token_into(s, buf);
+                    StrResult::Str(Cow::Borrowed(buf))
+                }
                 None => RED,
             },
             Action::Mask {
                 keep_first,
                 keep_last,
                 ch,
-            } => match mask_str(s, *keep_first, *keep_last, *ch) {
-                Some(m) => StrResult::Str(Cow::Owned(m)),
-                None => StrResult::Keep,
-            },
+            } => {
+                buf.clear();
+                if mask_into(s, *keep_first, *keep_last, *ch, buf) {
+                    StrResult::Str(Cow::Borrowed(buf))
+                } else {
+                    StrResult::Keep
+                }
+            }
             Action::Year => match year_of(s) {
                 Some(y) if y == s => StrResult::Keep,
                 Some(y) => StrResult::Str(Cow::Borrowed(y)),
                 None => RED,
             },
-            Action::Zip3 => match zip3_str(s) {
-                Some(z) if z == s => StrResult::Keep,
-                Some(z) => StrResult::Str(Cow::Owned(z)),
+            Action::Zip3 => match zip3_digits(s) {
+                Some(p) => {
+                    buf.clear();
+                    push_zip3(p, buf);
+                    if *buf == s {
+                        StrResult::Keep
+                    } else {
+                        StrResult::Str(Cow::Borrowed(buf))
+                    }
+                }
                 None => RED,
             },
             Action::Age90 => {
@@ -231,13 +271,18 @@ impl Pseudonymizer {
     }
 
     pub fn token(&self, value: &str) -> String {
-        let tag = hmac::sign(&self.key, value.as_bytes());
         let mut out = String::with_capacity(4 + 8 + 1 + TOKEN_B64_LEN);
+        self.token_into(value, &mut out);
+        out
+    }
+
+    /// Appends the token of `value` to `out`.
+    pub fn token_into(&self, value: &str, out: &mut String) {
+        let tag = hmac::sign(&self.key, value.as_bytes());
         out.push_str("pse:");
         out.push_str(&self.keyid);
         out.push(':');
-        URL_SAFE_NO_PAD.encode_string(&tag.as_ref()[..16], &mut out);
-        out
+        URL_SAFE_NO_PAD.encode_string(&tag.as_ref()[..16], out);
     }
 
     /// True if `s` is exactly a token under this key id (left as is, which
@@ -265,6 +310,12 @@ impl Pseudonymizer {
 /// between. Returns None when `s` is already in masked form (fixed point).
 /// Inputs too short to hide anything become the fill run alone.
 pub fn mask_str(s: &str, keep_first: usize, keep_last: usize, ch: char) -> Option<String> {
+    let mut out = String::with_capacity(s.len() + MASK_FILL * ch.len_utf8());
+    mask_into(s, keep_first, keep_last, ch, &mut out).then_some(out)
+}
+
+/// `mask_str` appending to `out`; false (nothing appended) when `s` is already masked.
+fn mask_into(s: &str, keep_first: usize, keep_last: usize, ch: char, out: &mut String) -> bool {
     // Char positions as byte offsets; ASCII (the common case) needs no walk.
     let ascii = s.is_ascii();
     let n = if ascii { s.len() } else { s.chars().count() };
@@ -280,17 +331,16 @@ pub fn mask_str(s: &str, keep_first: usize, keep_last: usize, ch: char) -> Optio
     let already = n == keep_first + MASK_FILL + keep_last
         && is_fill(&s[at(keep_first)..at(keep_first + MASK_FILL)]);
     if fill_only || already {
-        return None;
+        return false;
     }
-    let mut out = String::with_capacity(s.len() + MASK_FILL * ch.len_utf8());
     if n <= keep_first + keep_last {
         out.extend(std::iter::repeat_n(ch, MASK_FILL));
-        return Some(out);
+        return true;
     }
     out.push_str(&s[..at(keep_first)]);
     out.extend(std::iter::repeat_n(ch, MASK_FILL));
     out.push_str(&s[at(n - keep_last)..]);
-    Some(out)
+    true
 }
 
 fn digits_at(b: &[u8], start: usize, len: usize) -> Option<u32> {
@@ -351,15 +401,23 @@ const RESTRICTED_ZIP3: [&str; 17] = [
 ];
 
 fn zip3_prefix(p: &str) -> String {
-    if RESTRICTED_ZIP3.contains(&p) {
-        "000**".into()
-    } else {
-        format!("{p}**")
-    }
+    let mut out = String::with_capacity(5);
+    push_zip3(p, &mut out);
+    out
+}
+
+fn push_zip3(p: &str, out: &mut String) {
+    out.push_str(if RESTRICTED_ZIP3.contains(&p) { "000" } else { p });
+    out.push_str("**");
 }
 
 /// `02139`, `02139-1234`, `021391234` -> `021**`; `021**` is a fixed point.
 pub fn zip3_str(s: &str) -> Option<String> {
+    zip3_digits(s).map(zip3_prefix)
+}
+
+/// The 3-digit prefix of a ZIP code `zip3` accepts.
+fn zip3_digits(s: &str) -> Option<&str> {
     let b = s.as_bytes();
     let ok = match b.len() {
         5 => digits_at(b, 0, 5).is_some() || (digits_at(b, 0, 3).is_some() && &b[3..] == b"**"),
@@ -367,7 +425,7 @@ pub fn zip3_str(s: &str) -> Option<String> {
         10 => digits_at(b, 0, 5).is_some() && b[5] == b'-' && digits_at(b, 6, 4).is_some(),
         _ => false,
     };
-    ok.then(|| zip3_prefix(&s[..3]))
+    ok.then(|| &s[..3])
 }
 
 /// Numeric string ages: digits with an optional sign and decimal point

@@ -30,8 +30,6 @@ pub(crate) struct Dfa {
     classes: usize,
     trans: Vec<u32>,
     win: Vec<Option<Win>>,
-    /// States in which no fast rule can select anything any more, at any depth.
-    dead: Vec<bool>,
 }
 
 /// A cheap hash of a member name (first and last 8 bytes and the length), used for the
@@ -160,11 +158,6 @@ impl Dfa {
                     .min()
             })
             .collect();
-        // No NFA state left except the accepting one (which has no successors).
-        let dead = states
-            .iter()
-            .map(|words| fast.iter().zip(words).all(|(f, &s)| s & !f.accept == 0))
-            .collect();
 
         let mut table = vec![None; (names.len() * 4).next_power_of_two().max(4)];
         let mask = table.len() - 1;
@@ -189,7 +182,6 @@ impl Dfa {
             classes: nc,
             trans,
             win,
-            dead,
         })
     }
 
@@ -227,12 +219,6 @@ impl Dfa {
     #[inline]
     pub(crate) fn win(&self, state: u32) -> Option<Win> {
         self.win[state as usize]
-    }
-
-    /// No fast rule selects anything below a node in this state.
-    #[inline]
-    pub(crate) fn is_dead(&self, state: u32) -> bool {
-        self.dead[state as usize]
     }
 
     #[cfg(test)]

@@ -1,8 +1,10 @@
 //! Streaming masker: the common case (fast paths, `key` rules and detectors; no slow-path
 //! rule) masks in one pass over the bytes, without building a `serde_json::Value` of the
-//! document. Unselected members are copied through in compact form; a selected scalar is
-//! transformed straight from the text, a selected container alone is parsed, transformed by
-//! its action and written back. Fast rules are stepped as one DFA (`dfa`).
+//! document. Output is copied lazily: the input is owed to the output from `copied` on, and
+//! is only copied when something differs (whitespace dropped, a value masked, a number or
+//! escape normalised), so compact unmasked stretches cost one copy. Selected values are
+//! transformed straight from the text (containers only validated and skipped: every action
+//! replaces them whole). Fast rules are stepped as one DFA (`dfa`).
 //!
 //! The output is byte-for-byte what the tree walk in `engine` produces (compact serde_json,
 //! numbers and escapes normalised the same way). Whatever would need the whole tree or could
@@ -12,7 +14,6 @@
 
 use super::actions::StrResult;
 use super::dfa::{name_hash, Dfa};
-use super::engine::depth_of;
 use super::path::{push_index, push_name};
 use super::{FieldSet, MaskReport};
 use serde_json::Value;
@@ -64,10 +65,14 @@ struct Stream<'s, 'r, 'a> {
     text: &'a str,
     b: &'a [u8],
     i: usize,
+    /// `b[copied..i]` is owed to `out` verbatim.
+    copied: usize,
     out: Vec<u8>,
     path: Vec<PStep<'a>>,
     names: Vec<Names<'a>>,
     memo: KeyMemo<'a>,
+    /// Results of value transforms (reused: no allocation per masked field).
+    buf: String,
     detect: bool,
     max_depth: usize,
 }
@@ -93,6 +98,7 @@ pub(super) fn mask(
         text,
         b: text.as_bytes(),
         i: 0,
+        copied: 0,
         // Masked values may be longer than the originals (pseudonyms): leave some room.
         out: Vec::with_capacity(text.len() + text.len() / 8 + 16),
         path: Vec::with_capacity(16),
@@ -101,6 +107,7 @@ pub(super) fn mask(
             slots: vec![None; memo_slots],
             used: 0,
         },
+        buf: String::new(),
         detect: !set.detectors.is_empty(),
         max_depth: max_depth.min(MAX_STREAM_DEPTH),
     };
@@ -110,8 +117,10 @@ pub(super) fn mask(
         // Removing the root is impossible; it becomes null (as the tree walk does).
         s.out.clear();
         s.out.extend_from_slice(b"null");
+        s.copied = s.i;
     }
     s.ws();
+    s.flush_to(s.i);
     (s.i == s.b.len()).then_some(s.out)
 }
 
@@ -127,13 +136,24 @@ fn special_lanes(w: u64) -> u64 {
         | (w.wrapping_sub(ONES * 0x20) & !w & HIGH)
 }
 
-/// Writes `s` as a JSON string exactly as serde_json does (it escapes only '"', '\\' and
-/// control characters).
+/// Whether serde_json escapes anything in `s` (it escapes only '"', '\\' and controls).
+#[inline]
+fn needs_escape(s: &[u8]) -> bool {
+    let mut chunks = s.chunks_exact(8);
+    for c in &mut chunks {
+        if special_lanes(u64::from_le_bytes(c.try_into().expect("8 bytes"))) != 0 {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|&c| c == b'"' || c == b'\\' || c < 0x20)
+}
+
+/// Writes `s` as a JSON string exactly as serde_json does.
 fn write_json_str(out: &mut Vec<u8>, s: &str) -> R<()> {
-    if s
-        .bytes()
-        .any(|c| c == b'"' || c == b'\\' || c < 0x20)
-    {
+    if needs_escape(s.as_bytes()) {
         return serde_json::to_writer(out, s).map_err(|_| Bail);
     }
     out.reserve(s.len() + 2);
@@ -143,9 +163,55 @@ fn write_json_str(out: &mut Vec<u8>, s: &str) -> R<()> {
     Ok(())
 }
 
+/// `a == b` for the short member names of real documents, without a memcmp call.
+#[inline]
+fn same(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let w8 = |x: &[u8], i: usize| u64::from_le_bytes(x[i..i + 8].try_into().expect("8 bytes"));
+    let w4 = |x: &[u8], i: usize| u32::from_le_bytes(x[i..i + 4].try_into().expect("4 bytes"));
+    match n {
+        0 => true,
+        1..=3 => a[0] == b[0] && a[n / 2] == b[n / 2] && a[n - 1] == b[n - 1],
+        4..=7 => w4(a, 0) == w4(b, 0) && w4(a, n - 4) == w4(b, n - 4),
+        8..=16 => w8(a, 0) == w8(b, 0) && w8(a, n - 8) == w8(b, n - 8),
+        _ => a == b,
+    }
+}
+
+/// Where a member or element starts, to drop it again if it is removed: the output length
+/// and `copied` then, and the input position up to which the text before it is owed (its
+/// leading comma excluded).
+#[derive(Clone, Copy)]
+struct Mark {
+    out: usize,
+    copied: usize,
+    cut: usize,
+}
+
 impl<'a> Stream<'_, '_, 'a> {
+    /// Copies the owed input up to `end`.
+    #[inline]
+    fn flush_to(&mut self, end: usize) {
+        self.out.extend_from_slice(&self.b[self.copied..end]);
+        self.copied = end;
+    }
+
+    /// Skips whitespace, which compact output drops.
     #[inline]
     fn ws(&mut self) {
+        if let Some(b' ' | b'\t' | b'\n' | b'\r') = self.b.get(self.i) {
+            self.flush_to(self.i);
+            self.skip_ws();
+            self.copied = self.i;
+        }
+    }
+
+    /// Skips whitespace inside a value that is not copied.
+    #[inline]
+    fn skip_ws(&mut self) {
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.b.get(self.i) {
             self.i += 1;
         }
@@ -154,6 +220,52 @@ impl<'a> Stream<'_, '_, 'a> {
     #[inline]
     fn peek(&self) -> R<u8> {
         self.b.get(self.i).copied().ok_or(Bail)
+    }
+
+    #[inline]
+    fn mark(&self, cut: usize) -> Mark {
+        Mark {
+            out: self.out.len(),
+            copied: self.copied,
+            cut,
+        }
+    }
+
+    /// Drops the member / element begun at `m` (everything up to `self.i`).
+    fn drop_since(&mut self, m: Mark) {
+        self.out.truncate(m.out);
+        self.copied = m.copied;
+        self.flush_to(m.cut);
+        self.copied = self.i;
+    }
+
+    /// After a member / element: its separator, and the mark of the next one. Returns None
+    /// at the end of the container. `written`: members kept so far.
+    #[inline]
+    fn separator(&mut self, close: u8, written: usize) -> R<Option<Mark>> {
+        self.ws();
+        match self.peek()? {
+            b',' => {
+                if written == 0 {
+                    // Everything before was removed: so is this comma.
+                    self.flush_to(self.i);
+                    self.i += 1;
+                    self.copied = self.i;
+                    self.ws();
+                    Ok(Some(self.mark(self.i)))
+                } else {
+                    let m = self.mark(self.i);
+                    self.i += 1;
+                    self.ws();
+                    Ok(Some(m))
+                }
+            }
+            c if c == close => {
+                self.i += 1;
+                Ok(None)
+            }
+            _ => Err(Bail),
+        }
     }
 
     #[inline]
@@ -202,7 +314,7 @@ impl<'a> Stream<'_, '_, 'a> {
         let mask = slots.len() - 1;
         let mut j = h as usize & mask;
         while let Some((eh, n, bits)) = slots[j] {
-            if eh == h && n == k {
+            if eh == h && same(n.as_bytes(), k.as_bytes()) {
                 return bits;
             }
             j = (j + 1) & mask;
@@ -217,85 +329,167 @@ impl<'a> Stream<'_, '_, 'a> {
     }
 
     /// One value in DFA state `state`. Returns true when it must be removed from its parent
-    /// (nothing was written for it then).
+    /// (nothing was written or flushed for it then).
     fn value(&mut self, state: u32, depth: usize, key_bits: u64) -> R<bool> {
         if let Some(rule) = self.winner(state, key_bits) {
             return self.selected(rule, depth);
         }
         match self.peek()? {
-            b'{' => self.object(state, depth).map(|_| false),
-            b'[' => self.array(state, depth).map(|_| false),
-            b'"' => self.string().map(|_| false),
-            b't' => self.literal(b"true").map(|_| false),
-            b'f' => self.literal(b"false").map(|_| false),
-            b'n' => self.literal(b"null").map(|_| false),
-            _ => self.number().map(|_| false),
+            b'{' => self.object(state, depth)?,
+            b'[' => self.array(state, depth)?,
+            b'"' => self.string()?,
+            b't' => self.literal(b"true")?,
+            b'f' => self.literal(b"false")?,
+            b'n' => self.literal(b"null")?,
+            _ => self.number()?,
         }
+        Ok(false)
+    }
+
+    /// Replaces the input `start..self.i` by what `write` writes.
+    #[inline]
+    fn replace(&mut self, start: usize, write: impl FnOnce(&mut Vec<u8>) -> R<()>) -> R<bool> {
+        self.flush_to(start);
+        write(&mut self.out)?;
+        self.copied = self.i;
+        Ok(false)
     }
 
     /// A node some rule selects: scalars are transformed straight from the text, containers
-    /// parsed alone; the result is written back.
+    /// validated and skipped (every action replaces them whole).
     fn selected(&mut self, rule: u32, depth: usize) -> R<bool> {
         let set = self.set;
         let action = &set.rules[rule as usize].action;
         let ps = set.pseudonymizer.as_deref();
-        let mut v = match self.peek()? {
+        let start = self.i;
+        match self.peek()? {
             b'"' => {
-                let (start, end, escaped) = self.scan_string()?;
-                let decoded: String;
-                let s: &str = if escaped {
-                    decoded = serde_json::from_str(&self.text[start..end]).map_err(|_| Bail)?;
-                    &decoded
+                let (_, end, escaped) = self.scan_string()?;
+                let decoded: Option<String> = if escaped {
+                    Some(serde_json::from_str(&self.text[start..end]).map_err(|_| Bail)?)
                 } else {
-                    &self.text[start + 1..end - 1]
+                    None
                 };
                 self.note_masked();
-                return match action.apply_str(s, ps) {
-                    StrResult::Remove => Ok(true),
-                    StrResult::Keep if !escaped => {
-                        self.out.extend_from_slice(&self.b[start..end]);
-                        Ok(false)
-                    }
-                    StrResult::Keep => write_json_str(&mut self.out, s).map(|_| false),
-                    StrResult::Null => {
-                        self.out.extend_from_slice(b"null");
-                        Ok(false)
-                    }
-                    StrResult::Json(r) => serde_json::to_writer(&mut self.out, r)
-                        .map(|_| false)
-                        .map_err(|_| Bail),
-                    StrResult::Str(t) => write_json_str(&mut self.out, &t).map(|_| false),
+                let s: &str = decoded.as_deref().unwrap_or(&self.text[start + 1..end - 1]);
+                let mut buf = std::mem::take(&mut self.buf);
+                let res = action.apply_str(s, ps, &mut buf);
+                let r = match res {
+                    StrResult::Keep if !escaped => Ok(false),
+                    StrResult::Keep => self.replace(start, |o| write_json_str(o, s)),
+                    res => self.write_result(start, res),
                 };
+                self.buf = buf;
+                r
             }
             b'{' | b'[' => {
-                let rest = &self.text[self.i..];
-                let mut de = serde_json::Deserializer::from_str(rest).into_iter::<Value>();
-                let v = match de.next() {
-                    Some(Ok(v)) => v,
-                    _ => return Err(Bail),
-                };
                 // The replaced subtree is not walked; its depth still counts against the limit.
-                if depth + depth_of(&v) > self.max_depth {
-                    return Err(Bail);
-                }
-                self.i += de.byte_offset();
-                v
+                self.skip(self.max_depth - depth)?;
+                self.note_masked();
+                self.write_result(start, action.apply_container())
             }
-            b't' => self.skip_literal(b"true", Value::Bool(true))?,
-            b'f' => self.skip_literal(b"false", Value::Bool(false))?,
-            b'n' => self.skip_literal(b"null", Value::Null)?,
+            c => {
+                let mut v = match c {
+                    b't' => self.skip_literal(b"true", Value::Bool(true))?,
+                    b'f' => self.skip_literal(b"false", Value::Bool(false))?,
+                    b'n' => self.skip_literal(b"null", Value::Null)?,
+                    _ => {
+                        let (_, end, _) = self.scan_number()?;
+                        self.i = end;
+                        serde_json::from_str(&self.text[start..end]).map_err(|_| Bail)?
+                    }
+                };
+                self.note_masked();
+                if action.apply(&mut v, ps) {
+                    return Ok(true);
+                }
+                self.replace(start, |o| serde_json::to_writer(o, &v).map_err(|_| Bail))
+            }
+        }
+    }
+
+    /// Writes an action's result in place of the input `start..self.i`; true: remove it.
+    fn write_result(&mut self, start: usize, res: StrResult<'_>) -> R<bool> {
+        match res {
+            StrResult::Remove => Ok(true),
+            // Only strings can be kept; callers handle that.
+            StrResult::Keep => Err(Bail),
+            StrResult::Null => self.replace(start, |o| {
+                o.extend_from_slice(b"null");
+                Ok(())
+            }),
+            StrResult::Json(r) => {
+                self.replace(start, |o| serde_json::to_writer(o, r).map_err(|_| Bail))
+            }
+            StrResult::Str(t) => self.replace(start, |o| write_json_str(o, &t)),
+        }
+    }
+
+    /// Validates and skips one value that is not copied (a selected container) exactly as
+    /// strictly as serde_json parses it; at most `limit` levels of containers.
+    fn skip(&mut self, limit: usize) -> R<()> {
+        let close = match self.peek()? {
+            b'{' => b'}',
+            b'[' => b']',
+            b'"' => return self.skip_string(),
+            b't' => return self.skip_literal(b"true", Value::Null).map(|_| ()),
+            b'f' => return self.skip_literal(b"false", Value::Null).map(|_| ()),
+            b'n' => return self.skip_literal(b"null", Value::Null).map(|_| ()),
             _ => {
-                let (start, end, _) = self.scan_number()?;
+                let (start, end, simple) = self.scan_number()?;
+                if !simple {
+                    // Out-of-range numbers (1e400) are errors.
+                    serde_json::from_str::<Value>(&self.text[start..end]).map_err(|_| Bail)?;
+                }
                 self.i = end;
-                serde_json::from_str(&self.text[start..end]).map_err(|_| Bail)?
+                return Ok(());
             }
         };
-        self.note_masked();
-        if action.apply(&mut v, ps) {
-            return Ok(true);
+        if limit == 0 {
+            return Err(Bail);
         }
-        serde_json::to_writer(&mut self.out, &v).map_err(|_| Bail)?;
-        Ok(false)
+        self.i += 1;
+        self.skip_ws();
+        if self.peek()? == close {
+            self.i += 1;
+            return Ok(());
+        }
+        loop {
+            if close == b'}' {
+                if self.peek()? != b'"' {
+                    return Err(Bail);
+                }
+                self.skip_string()?;
+                self.skip_ws();
+                if self.peek()? != b':' {
+                    return Err(Bail);
+                }
+                self.i += 1;
+                self.skip_ws();
+            }
+            self.skip(limit - 1)?;
+            self.skip_ws();
+            match self.peek()? {
+                b',' => {
+                    self.i += 1;
+                    self.skip_ws();
+                }
+                c if c == close => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                _ => return Err(Bail),
+            }
+        }
+    }
+
+    fn skip_string(&mut self) -> R<()> {
+        let (start, end, escaped) = self.scan_string()?;
+        if escaped {
+            // Escapes must be valid (\u surrogates paired), as serde_json checks them.
+            serde_json::from_str::<String>(&self.text[start..end]).map_err(|_| Bail)?;
+        }
+        Ok(())
     }
 
     fn skip_literal(&mut self, lit: &[u8], v: Value) -> R<Value> {
@@ -307,9 +501,9 @@ impl<'a> Stream<'_, '_, 'a> {
         }
     }
 
+    #[inline]
     fn literal(&mut self, lit: &[u8]) -> R<()> {
         if self.b[self.i..].starts_with(lit) {
-            self.out.extend_from_slice(lit);
             self.i += lit.len();
             Ok(())
         } else {
@@ -353,7 +547,6 @@ impl<'a> Stream<'_, '_, 'a> {
     fn string(&mut self) -> R<()> {
         let (start, end, escaped) = self.scan_string()?;
         if !escaped && !self.detect {
-            self.out.extend_from_slice(&self.b[start..end]);
             return Ok(());
         }
         let decoded: String;
@@ -367,19 +560,17 @@ impl<'a> Stream<'_, '_, 'a> {
         if self.detect && !set.pseudonymizer.as_deref().is_some_and(|p| p.is_token(s)) {
             if let Some(new) = set.detectors.scrub(s) {
                 self.note_masked();
-                return write_json_str(&mut self.out, &new);
+                return self.replace(start, |o| write_json_str(o, &new)).map(|_| ());
             }
         }
         if escaped {
-            write_json_str(&mut self.out, s)
-        } else {
-            self.out.extend_from_slice(&self.b[start..end]);
-            Ok(())
+            self.replace(start, |o| write_json_str(o, s))?;
         }
+        Ok(())
     }
 
-    /// Scans a number token: its span and whether serde_json keeps it as written (a plain
-    /// integer within i64/u64, not -0).
+    /// Scans a number token: its span and whether serde_json writes it back as it is (a
+    /// plain integer within i64/u64, not -0).
     #[inline]
     fn scan_number(&self) -> R<(usize, usize, bool)> {
         let b = self.b;
@@ -427,29 +618,31 @@ impl<'a> Stream<'_, '_, 'a> {
             }
         }
         if simple {
-            let mag = &self.text[digits..int_end];
+            let len = int_end - digits;
             simple = if neg {
-                // -0 becomes the float -0.0.
-                mag != "0" && (mag.len() < 19 || self.text[start..j].parse::<i64>().is_ok())
+                // -0 becomes the float -0.0; 19 digits may not fit an i64.
+                !(len == 1 && b[digits] == b'0')
+                    && (len < 19 || self.text[start..j].parse::<i64>().is_ok())
             } else {
-                mag.len() < 20 || mag.parse::<u64>().is_ok()
+                len < 20 || self.text[digits..int_end].parse::<u64>().is_ok()
             };
         }
         Ok((start, j, simple))
     }
 
-    /// An unselected number: plain integers serde_json keeps as integers are copied;
+    /// An unselected number: plain integers serde_json keeps as integers stay as they are;
     /// anything else (fractions, exponents, -0, beyond 64 bits) is parsed and written as
     /// serde does.
+    #[inline]
     fn number(&mut self) -> R<()> {
         let (start, end, simple) = self.scan_number()?;
         self.i = end;
         if simple {
-            self.out.extend_from_slice(&self.b[start..end]);
             return Ok(());
         }
         let n: Value = serde_json::from_str(&self.text[start..end]).map_err(|_| Bail)?;
-        serde_json::to_writer(&mut self.out, &n).map_err(|_| Bail)
+        self.replace(start, |o| serde_json::to_writer(o, &n).map_err(|_| Bail))
+            .map(|_| ())
     }
 
     fn object(&mut self, state: u32, depth: usize) -> R<()> {
@@ -464,15 +657,14 @@ impl<'a> Stream<'_, '_, 'a> {
         n.bloom = 0;
         n.set.clear();
         self.i += 1;
-        self.out.push(b'{');
         self.ws();
         if self.peek()? == b'}' {
             self.i += 1;
-            self.out.push(b'}');
             return Ok(());
         }
         let has_keys = !self.set.keys.is_empty();
         let mut written = 0usize;
+        let mut m = self.mark(self.i);
         loop {
             if self.peek()? != b'"' {
                 return Err(Bail);
@@ -492,32 +684,17 @@ impl<'a> Stream<'_, '_, 'a> {
             self.ws();
             let key_bits = if has_keys { self.key_bits(k, h) } else { 0 };
             let child = self.dfa.next(state, self.dfa.name_class(k, h));
-            let mark = self.out.len();
-            if written > 0 {
-                self.out.push(b',');
-            }
-            self.out.extend_from_slice(&self.b[ks..ke]);
-            self.out.push(b':');
             self.path.push(PStep::Key(k));
             let removed = self.value(child, depth + 1, key_bits)?;
             self.path.pop();
             if removed {
-                self.out.truncate(mark);
+                self.drop_since(m);
             } else {
                 written += 1;
             }
-            self.ws();
-            match self.peek()? {
-                b',' => {
-                    self.i += 1;
-                    self.ws();
-                }
-                b'}' => {
-                    self.i += 1;
-                    self.out.push(b'}');
-                    return Ok(());
-                }
-                _ => return Err(Bail),
+            match self.separator(b'}', written)? {
+                Some(next) => m = next,
+                None => return Ok(()),
             }
         }
     }
@@ -529,7 +706,7 @@ impl<'a> Stream<'_, '_, 'a> {
         let n = &mut self.names[depth];
         if n.list.len() < LINEAR_DUP_CHECK {
             let bit = 1u64 << (h >> 58);
-            if n.bloom & bit != 0 && n.list.contains(&k) {
+            if n.bloom & bit != 0 && n.list.iter().any(|x| same(x.as_bytes(), k.as_bytes())) {
                 return Err(Bail);
             }
             n.bloom |= bit;
@@ -550,41 +727,27 @@ impl<'a> Stream<'_, '_, 'a> {
             return Err(Bail);
         }
         self.i += 1;
-        self.out.push(b'[');
         self.ws();
         if self.peek()? == b']' {
             self.i += 1;
-            self.out.push(b']');
             return Ok(());
         }
         let (mut idx, mut written) = (0usize, 0usize);
+        let mut m = self.mark(self.i);
         loop {
             let child = self.dfa.next(state, self.dfa.index_class(idx));
-            let mark = self.out.len();
-            if written > 0 {
-                self.out.push(b',');
-            }
             self.path.push(PStep::Index(idx));
             let removed = self.value(child, depth + 1, 0)?;
             self.path.pop();
             if removed {
-                self.out.truncate(mark);
+                self.drop_since(m);
             } else {
                 written += 1;
             }
             idx += 1;
-            self.ws();
-            match self.peek()? {
-                b',' => {
-                    self.i += 1;
-                    self.ws();
-                }
-                b']' => {
-                    self.i += 1;
-                    self.out.push(b']');
-                    return Ok(());
-                }
-                _ => return Err(Bail),
+            match self.separator(b']', written)? {
+                Some(next) => m = next,
+                None => return Ok(()),
             }
         }
     }
