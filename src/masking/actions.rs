@@ -407,7 +407,11 @@ fn zip3_prefix(p: &str) -> String {
 }
 
 fn push_zip3(p: &str, out: &mut String) {
-    out.push_str(if RESTRICTED_ZIP3.contains(&p) { "000" } else { p });
+    out.push_str(if RESTRICTED_ZIP3.contains(&p) {
+        "000"
+    } else {
+        p
+    });
     out.push_str("**");
 }
 

@@ -130,8 +130,7 @@ impl Dfa {
                 let id = match ids.get(&next) {
                     Some(&id) => id,
                     None => {
-                        if states.len() >= MAX_STATES || (states.len() + 1) * nc > MAX_TRANSITIONS
-                        {
+                        if states.len() >= MAX_STATES || (states.len() + 1) * nc > MAX_TRANSITIONS {
                             return None;
                         }
                         let id = states.len() as u32;

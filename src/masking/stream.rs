@@ -779,6 +779,31 @@ sets:
   neg:
     fields:
       - { path: "$.a[-1]", action: redact }
+  actions:
+    fields:
+      - { path: "$..rm",    action: remove }
+      - { path: "$..nul",   action: null }
+      - { path: "$..red",   action: redact }
+      - { path: "$..rep",   action: { replace: "x\"y" } }
+      - { path: "$..repn",  action: { replace: 7 } }
+      - { path: "$..pse",   action: pseudonymize }
+      - { path: "$..msk",   action: { mask: { keep_first: 1, keep_last: 2, char: "é" } } }
+      - { path: "$..yr",    action: year }
+      - { path: "$..zip",   action: zip3 }
+      - { path: "$..age",   action: age90 }
+  shapes:
+    fields:
+      - { path: "$[0]",          action: { replace: "first" } }
+      - { path: "$.*[1]",        action: null }
+      - { path: "$..[2].k",      action: redact }
+      - { path: "$.a.*.b",       action: remove }
+      - { path: "$.x..y.z",      action: { mask: {} } }
+      - { path: "$['p','q'][0,3]", action: year }
+      - { path: "$..deep..w",    action: redact }
+      - { key: "^k$",            action: remove }
+  everything:
+    fields:
+      - { path: "$..*", action: { mask: { keep_last: 1 } } }
 "#;
 
     fn set(name: &str) -> std::sync::Arc<super::super::FieldSet> {
@@ -788,7 +813,12 @@ sets:
     }
 
     fn streams(doc: &str) -> bool {
-        let s = set("patient");
+        streams_with("patient", doc)
+    }
+
+    /// Masks `doc` with `set` both ways (cfg(test) compares them); whether it streamed.
+    fn streams_with(name: &str, doc: &str) -> bool {
+        let s = set(name);
         let mut rep = MaskReport::default();
         let streamed = super::mask(&s, doc, 128, &mut rep).is_some();
         // Compares with the tree walk (cfg(test)), or produces the tree walk's error.
@@ -844,5 +874,305 @@ sets:
         assert!(streams(&doc));
         let dup = doc.replace("\"k99\"", "\"k3\"");
         assert!(!streams(&dup));
+    }
+
+    /// Masks with the tree walk only (via a clone with a slow rule).
+    fn tree_only(name: &str, doc: &str) -> (String, MaskReport) {
+        let s = set(name);
+        let (out, rep) = s.mask_tree(doc, 128).unwrap();
+        (String::from_utf8(out).unwrap(), rep)
+    }
+
+    fn masked(name: &str, doc: &str) -> String {
+        assert!(streams_with(name, doc), "fell back for {doc}");
+        let (out, _) = set(name).mask_document(doc.as_bytes(), 128).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn selected_strings_every_action_and_escape() {
+        for v in [
+            r#""plain""#,
+            r#""""#,
+            r#""a\"b\\c\/d""#,
+            r#""\u00e9t\u00E9 \ud83d\ude42 \b\f\n\r\t \u0001""#,
+            r#""é🙂 ünï名 \u2028""#,
+            r#""[REDACTED]""#,
+            r#""\u005bREDACTED]""#,
+            r#""90+""#,
+            r#""93""#,
+            r#"" 42 ""#,
+            r#""02139""#,
+            r#""02139-1234""#,
+            r#""021**""#,
+            r#""036**""#,
+            r#""1984-02-03T10:00:00Z""#,
+            r#""1984""#,
+            r#""03/04/1984""#,
+            r#""aéééééébc""#,
+            r#""xy""#,
+            r#""ab\"cdefgh\\""#,
+        ] {
+            let doc = format!(
+                r#"{{"rm":{v},"nul":{v},"red":{v},"rep":{v},"repn":{v},"pse":{v},"msk":{v},"yr":{v},"zip":{v},"age":{v}}}"#
+            );
+            masked("actions", &doc);
+            // Pretty input: whitespace everywhere, dropped in the output.
+            let pretty = doc.replace("\":", "\" :\n\t ").replace(",\"", " \r\n, \"");
+            assert_eq!(masked("actions", &pretty), masked("actions", &doc));
+        }
+        assert_eq!(
+            masked(
+                "actions",
+                r#"{"msk":"a\"bcd\\e","rep":"q","repn":"q","red":"\n"}"#
+            ),
+            r#"{"msk":"aéééééé\\e","rep":"x\"y","repn":7,"red":"[REDACTED]"}"#
+        );
+    }
+
+    #[test]
+    fn numbers_of_every_form() {
+        let nums = [
+            "0",
+            "-0",
+            "7",
+            "-7",
+            "1.0",
+            "-1.5",
+            "0.1",
+            "1e3",
+            "1E+3",
+            "-1e-3",
+            "2.5E10",
+            "123456789012345678",
+            "1234567890123456789",
+            "12345678901234567890",
+            "18446744073709551615",
+            "18446744073709551616",
+            "99999999999999999999",
+            "-123456789012345678",
+            "-1234567890123456789",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            "-9999999999999999999",
+            "1e308",
+            "4.9e-324",
+            "0.30000000000000004",
+            "12345",
+            "99999",
+            "100000",
+            "1984",
+            "93",
+            "89.5",
+        ];
+        for n in nums {
+            let doc = format!(
+                r#"[{n},{{"rm":{n},"nul":{n},"red":{n},"rep":{n},"pse":{n},"msk":{n},"yr":{n},"zip":{n},"age":{n},"keep":{n}}}]"#
+            );
+            masked("actions", &doc);
+            masked("patient", &doc);
+        }
+        // Out of f64 range: an error from the tree walk, never output.
+        for doc in [r#"{"keep":1e400}"#, r#"{"age":1e400}"#, r#"{"rm":-1e400}"#] {
+            assert!(!streams_with("actions", doc));
+            assert!(set("actions").mask_document(doc.as_bytes(), 128).is_err());
+        }
+    }
+
+    #[test]
+    fn selected_literals_and_containers() {
+        for v in [
+            "true",
+            "false",
+            "null",
+            "{}",
+            "[]",
+            r#"{"a":[1,{"b":"\u00e9"}]}"#,
+            "[1,2,[3]]",
+        ] {
+            let doc = format!(
+                r#"{{"rm":{v},"nul":{v},"red":{v},"rep":{v},"pse":{v},"msk":{v},"yr":{v},"zip":{v},"age":{v}}}"#
+            );
+            masked("actions", &doc);
+        }
+        // Invalid JSON inside a selected (skipped) container is still an error.
+        for doc in [
+            r#"{"rm":{"a":"\ud800"}}"#,
+            r#"{"rm":{"a":"\x"}}"#,
+            r#"{"red":[1,]}"#,
+            r#"{"red":{"a" 1}}"#,
+            r#"{"red":{"a":01}}"#,
+            r#"{"nul":[tru]}"#,
+            r#"{"nul":["ctl	"]}"#,
+            r#"{"rm":{"a":1}"#,
+        ] {
+            assert!(!streams_with("actions", doc), "streamed {doc}");
+            assert!(
+                set("actions").mask_document(doc.as_bytes(), 128).is_err(),
+                "no error for {doc}"
+            );
+        }
+        // Duplicate names inside a skipped container are fine (serde keeps the last).
+        masked("actions", r#"{"red":{"a":1,"a":2},"x":1}"#);
+        // Depth of a skipped container still counts.
+        let s = set("actions");
+        let doc = r#"{"rm":[[[[1]]]]}"#;
+        assert!(s.mask_document(doc.as_bytes(), 5).is_ok());
+        assert_eq!(
+            s.mask_document(doc.as_bytes(), 4),
+            Err(super::super::MaskError::TooDeep)
+        );
+    }
+
+    #[test]
+    fn removals_at_every_position_with_and_without_whitespace() {
+        for doc in [
+            r#"{"rm":1}"#,
+            r#"{"rm":1,"a":2}"#,
+            r#"{"a":1,"rm":2}"#,
+            r#"{"a":1,"rm":2,"b":3}"#,
+            r#"{"rm":{"x":1},"k":[1],"b":3}"#,
+            r#"{"k":1,"rm":2}"#,
+            r#"{"a":[{"rm":1},{"rm":2,"k":3},{"q":1,"k":2}]}"#,
+            r#"[{"rm":1,"k":2}]"#,
+            r#"{"rm":1,"a":{"rm":2,"k":"x","b":[{"k":1},{"rm":{}}]},"k":3,"z":4}"#,
+        ] {
+            let compact = masked("shapes", doc);
+            assert_eq!(masked("actions", doc), tree_only("actions", doc).0);
+            for ws in [" ", "\n  ", "\t\r\n"] {
+                let pretty = doc
+                    .replace('{', &format!("{{{ws}"))
+                    .replace('}', &format!("{ws}}}"))
+                    .replace(',', &format!("{ws},{ws}"))
+                    .replace(':', &format!("{ws}:{ws}"))
+                    .replace('[', &format!("[{ws}"));
+                assert_eq!(masked("shapes", &pretty), compact, "{pretty}");
+                assert_eq!(
+                    masked("actions", &format!("{ws}{pretty}{ws}")),
+                    masked("actions", doc)
+                );
+            }
+        }
+        assert_eq!(
+            masked("actions", r#" { "rm" : 1 , "a" : 2 } "#),
+            r#"{"a":2}"#
+        );
+        assert_eq!(masked("actions", r#"{"a":1 ,"rm":2 }"#), r#"{"a":1}"#);
+        assert_eq!(
+            masked("actions", r#"{"rm":1, "rm2":[ 1 ], "rm3":3}"#),
+            r#"{"rm2":[1],"rm3":3}"#
+        );
+        assert_eq!(
+            masked("shapes", r#"[ {"k":1}, {"k":2} , 3 ]"#),
+            r#"["first",{},3]"#
+        );
+        assert_eq!(masked("actions", r#"{"rm":1}"#), "{}");
+        assert_eq!(
+            masked(
+                "actions",
+                r#"{ "rm":1 , "rm":2 }"#.replace("\"rm\":2", "\"nul\":2").as_str()
+            ),
+            r#"{"nul":null}"#
+        );
+    }
+
+    #[test]
+    fn dfa_wildcards_descendants_and_indices() {
+        for doc in [
+            r#"[[1,2,3,4],{"k":1},[0,{"k":2},{"k":3,"m":4},{"j":{"k":5}}]]"#,
+            r#"{"a":{"p":{"b":1,"c":2},"q":[{"b":3}],"r":{"b":{"b":4}}},"x":{"m":{"y":{"z":"secret"}},"y":{"z":"s2","q":{"y":{"z":"s3"}}}}}"#,
+            r#"{"p":["1984-01-02","x","y","2001-02-03"],"q":{"0":"1999-01-01"},"x":[1,2,[1,2,{"k":9}]]}"#,
+            r#"{"deep":{"a":[{"w":1},{"v":{"w":"x"}}],"w":2},"w":3,"z":{"deep":[{"w":4}]}}"#,
+            r#"[0,1,2,3,4,5,6,7,8,9,10,11,12]"#,
+            r#"{"k":{"k":{"k":1}},"kk":1,"K":2}"#,
+        ] {
+            masked("shapes", doc);
+            masked("everything", doc);
+            masked("patient", doc);
+        }
+        assert_eq!(
+            masked("shapes", r#"{"x":{"m":{"y":{"z":"secret"}}},"p":[1]}"#),
+            r#"{"x":{"m":{"y":{"z":"******"}}},"p":["[REDACTED]"]}"#
+        );
+        let shapes = set("shapes");
+        let dfa = shapes.dfa.as_ref().unwrap();
+        assert!(dfa.state_count() > 1 && dfa.state_count() < 64);
+        assert!(set("neg").dfa.is_none());
+    }
+
+    #[test]
+    fn report_paths_are_capped_identically() {
+        for n in [199usize, 200, 201, 450] {
+            let mut doc = String::from("[");
+            for i in 0..n {
+                if i > 0 {
+                    doc.push(',');
+                }
+                doc.push_str(&format!(r#"{{"ssn":"1","it's":{{"ssn":{i}}}}}"#));
+            }
+            doc.push(']');
+            let (_, rep) = set("patient").mask_document(doc.as_bytes(), 128).unwrap();
+            assert_eq!(rep.count, 2 * n);
+            assert_eq!(rep.paths.len(), (2 * n).min(MaskReport::MAX_PATHS));
+            assert_eq!(rep.truncated, 2 * n > MaskReport::MAX_PATHS);
+            assert_eq!(rep.paths[1], "$[0]['it\\'s']['ssn']");
+            assert_eq!(tree_only("patient", &doc).1, rep);
+        }
+    }
+
+    #[test]
+    fn hash_collisions_and_many_members() {
+        use super::super::dfa::name_hash;
+        // Same length, first and last 8 bytes: the same hash, so the bloom filter hits and
+        // the names must be compared in full.
+        let (a, b) = ("aaaaaaaa1zzzzzzzz", "aaaaaaaa2zzzzzzzz");
+        assert_eq!(name_hash(a.as_bytes()), name_hash(b.as_bytes()));
+        assert!(!super::same(a.as_bytes(), b.as_bytes()));
+        assert!(super::same(a.as_bytes(), a.to_string().as_bytes()));
+        for (x, y) in [
+            ("", ""),
+            ("a", "b"),
+            ("abc", "abd"),
+            ("abcde", "abcdf"),
+            ("ssn", "ssn"),
+        ] {
+            assert_eq!(super::same(x.as_bytes(), y.as_bytes()), x == y);
+        }
+        assert!(streams(&format!(r#"{{"{a}":1,"{b}":2}}"#)));
+        assert!(!streams(&format!(r#"{{"{a}":1,"{b}":2,"{a}":3}}"#)));
+        // Selector names that collide with member names still resolve exactly.
+        assert!(streams(r#"{"ssnx":"123-45-6789","xssn":1,"ssn":2}"#));
+        // Enough members to fill the bloom filter, duplicates at every position.
+        let names: Vec<String> = (0..80).map(|i| format!("member_{i:02}_name")).collect();
+        let doc = |extra: &str| {
+            let mut d = String::from("{");
+            for (i, n) in names.iter().enumerate() {
+                d.push_str(&format!("\"{n}\":{i},"));
+            }
+            d.push_str(extra);
+            d.push_str("\"email\":\"e@x.example\"}");
+            d
+        };
+        assert!(streams(&doc("")));
+        for dup in [0, 5, 23, 24, 25, 79] {
+            assert!(
+                !streams(&doc(&format!("\"{}\":1,", names[dup]))),
+                "dup {dup}"
+            );
+        }
+    }
+
+    #[test]
+    fn key_rules_combine_with_the_dfa_winner() {
+        // `k` (key rule: remove) beats path rules that are less destructive, wherever it is.
+        assert_eq!(
+            masked("shapes", r#"{"a":{"z":{"b":1,"k":2}},"k":3}"#),
+            r#"{"a":{"z":{}}}"#
+        );
+        // Key rules of the patient set: redact, unless a more destructive path rule wins.
+        assert_eq!(
+            masked("patient", r#"{"MRN":1,"name":{"mrn":2},"mrn":{"name":3}}"#),
+            r#"{"MRN":"[REDACTED]","mrn":"[REDACTED]"}"#
+        );
     }
 }
