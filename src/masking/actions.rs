@@ -333,12 +333,14 @@ fn mask_into(s: &str, keep_first: usize, keep_last: usize, ch: char, out: &mut S
     if fill_only || already {
         return false;
     }
+    let mut enc = [0u8; 4];
+    let fill: &str = ch.encode_utf8(&mut enc);
     if n <= keep_first + keep_last {
-        out.extend(std::iter::repeat_n(ch, MASK_FILL));
+        (0..MASK_FILL).for_each(|_| out.push_str(fill));
         return true;
     }
     out.push_str(&s[..at(keep_first)]);
-    out.extend(std::iter::repeat_n(ch, MASK_FILL));
+    (0..MASK_FILL).for_each(|_| out.push_str(fill));
     out.push_str(&s[at(n - keep_last)..]);
     true
 }

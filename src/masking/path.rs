@@ -380,7 +380,7 @@ pub fn push_index(out: &mut String, idx: usize) {
         }
     }
     out.push('[');
-    out.extend(digits[at..].iter().map(|&d| char::from(d)));
+    out.push_str(std::str::from_utf8(&digits[at..]).expect("ASCII digits"));
     out.push(']');
 }
 
