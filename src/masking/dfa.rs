@@ -35,7 +35,7 @@ pub(crate) struct Dfa {
 /// A cheap hash of a member name (first and last 8 bytes and the length), used for the
 /// selector-name table, the key-rule memo and the duplicate-name bloom filter. Equal names
 /// hash equal; every user compares the names on a hit.
-#[inline]
+#[inline(always)]
 pub(crate) fn name_hash(b: &[u8]) -> u64 {
     let n = b.len();
     let (x, y) = if n >= 8 {
@@ -205,12 +205,12 @@ impl Dfa {
     pub(crate) const START: u32 = 0;
 
     /// Class of member name `k` (`h` = `name_hash(k)`).
-    #[inline]
-    pub(crate) fn name_class(&self, k: &str, h: u64) -> u32 {
+    #[inline(always)]
+    pub(crate) fn name_class(&self, k: &[u8], h: u64) -> u32 {
         let mask = self.names.len() - 1;
         let mut j = h as usize & mask;
         while let Some((eh, n, c)) = &self.names[j] {
-            if *eh == h && same(n.as_bytes(), k.as_bytes()) {
+            if *eh == h && same(n.as_bytes(), k) {
                 return *c;
             }
             j = (j + 1) & mask;

@@ -36,25 +36,25 @@ type R<T> = Result<T, Bail>;
 
 #[derive(Clone, Copy)]
 enum PStep<'a> {
-    Key(&'a str),
+    Key(&'a [u8]),
     Index(usize),
 }
 
 /// Member names seen so far in one open object.
 #[derive(Default)]
 struct Names<'a> {
-    list: Vec<&'a str>,
+    list: Vec<&'a [u8]>,
     /// Bit `name_hash >> 58` of every name in `list`: most new names miss it, and skip
     /// the comparisons.
     bloom: u64,
     /// All names, once `list` outgrew `LINEAR_DUP_CHECK`.
-    set: HashSet<&'a str>,
+    set: HashSet<&'a [u8]>,
 }
 
 /// Per document: key-rule matches by member name (records repeat the same names, and a
 /// regex match costs more than a lookup).
 struct KeyMemo<'a> {
-    slots: Vec<Option<(u64, &'a str, u64)>>,
+    slots: Vec<Option<(u64, &'a [u8], u64)>>,
     used: usize,
 }
 
@@ -182,13 +182,20 @@ impl<'a> Stream<'_, '_, 'a> {
     }
 
     /// Skips whitespace, which compact output drops.
-    #[inline]
+    // Called several times per member and usually finds none: only the test is inlined.
+    #[inline(always)]
     fn ws(&mut self) {
         if let Some(b' ' | b'\t' | b'\n' | b'\r') = self.b.get(self.i) {
-            self.flush_to(self.i);
-            self.skip_ws();
-            self.copied = self.i;
+            self.drop_ws();
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn drop_ws(&mut self) {
+        self.flush_to(self.i);
+        self.skip_ws();
+        self.copied = self.i;
     }
 
     /// Skips whitespace inside a value that is not copied.
@@ -265,7 +272,7 @@ impl<'a> Stream<'_, '_, 'a> {
             s.push('$');
             for st in path {
                 match *st {
-                    PStep::Key(k) => push_name(&mut s, k),
+                    PStep::Key(k) => push_name(&mut s, &String::from_utf8_lossy(k)),
                     PStep::Index(i) => push_index(&mut s, i),
                 }
             }
@@ -298,23 +305,27 @@ impl<'a> Stream<'_, '_, 'a> {
 
     /// Key-rule matches of member name `k` (`h` = its `name_hash`), memoized per document.
     #[inline]
-    fn key_bits(&mut self, k: &'a str, h: u64) -> u64 {
+    fn key_bits(&mut self, k: &'a [u8], h: u64) -> R<u64> {
         let slots = &mut self.memo.slots;
         let mask = slots.len() - 1;
         let mut j = h as usize & mask;
         while let Some((eh, n, bits)) = slots[j] {
-            if eh == h && same(n.as_bytes(), k.as_bytes()) {
-                return bits;
+            if eh == h && same(n, k) {
+                return Ok(bits);
             }
             j = (j + 1) & mask;
         }
-        let bits = self.set.key_rule_bits(k);
+        // Names are slices of the UTF-8 text between two quotes: this cannot fail.
+        let bits = self
+            .set
+            .key_rule_bits(std::str::from_utf8(k).map_err(|_| Bail)?);
         // At most half full, so probes stay short and always end at an empty slot.
+        let slots = &mut self.memo.slots;
         if self.memo.used * 2 < slots.len() {
             slots[j] = Some((h, k, bits));
             self.memo.used += 1;
         }
-        bits
+        Ok(bits)
     }
 
     /// One value in DFA state `state`. Returns true when it must be removed from its parent
@@ -501,7 +512,7 @@ impl<'a> Stream<'_, '_, 'a> {
     }
 
     /// Scans a string token; returns its span (with quotes) and whether it has escapes.
-    #[inline]
+    #[inline(always)]
     fn scan_string(&mut self) -> R<(usize, usize, bool)> {
         let b = self.b;
         let start = self.i;
@@ -662,8 +673,9 @@ impl<'a> Stream<'_, '_, 'a> {
             if escaped {
                 return Err(Bail);
             }
-            let k: &'a str = &self.text[ks + 1..ke - 1];
-            let h = name_hash(k.as_bytes());
+            // Bytes, not str: names are compared and hashed, rarely needed as text.
+            let k: &'a [u8] = &self.b[ks + 1..ke - 1];
+            let h = name_hash(k);
             self.check_duplicate(depth, k, h)?;
             self.ws();
             if self.peek()? != b':' {
@@ -671,7 +683,7 @@ impl<'a> Stream<'_, '_, 'a> {
             }
             self.i += 1;
             self.ws();
-            let key_bits = if has_keys { self.key_bits(k, h) } else { 0 };
+            let key_bits = if has_keys { self.key_bits(k, h)? } else { 0 };
             let child = self.dfa.next(state, self.dfa.name_class(k, h));
             self.path.push(PStep::Key(k));
             let removed = self.value(child, depth + 1, key_bits)?;
@@ -689,12 +701,12 @@ impl<'a> Stream<'_, '_, 'a> {
 
     /// serde_json keeps one member per name (the last value, at the first position): such
     /// objects take the tree walk.
-    #[inline]
-    fn check_duplicate(&mut self, depth: usize, k: &'a str, h: u64) -> R<()> {
+    #[inline(always)]
+    fn check_duplicate(&mut self, depth: usize, k: &'a [u8], h: u64) -> R<()> {
         let n = &mut self.names[depth];
         if n.list.len() < LINEAR_DUP_CHECK {
             let bit = 1u64 << (h >> 58);
-            if n.bloom & bit != 0 && n.list.iter().any(|x| same(x.as_bytes(), k.as_bytes())) {
+            if n.bloom & bit != 0 && n.list.iter().any(|x| same(x, k)) {
                 return Err(Bail);
             }
             n.bloom |= bit;
