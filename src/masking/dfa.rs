@@ -14,7 +14,7 @@ use std::collections::HashMap;
 /// Above this many states (or transitions) a set is masked by the tree walk instead; sets of
 /// dozens of ordinary rules stay far below.
 const MAX_STATES: usize = 4096;
-const MAX_TRANSITIONS: usize = 1 << 20;
+const MAX_TRANSITIONS: usize = 1 << 18;
 
 /// The winning fast rule of a state: (rank, position, rule), compared like `Walker::winner`.
 pub(crate) type Win = (u8, u32, u32);

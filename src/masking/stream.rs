@@ -272,7 +272,12 @@ impl<'a> Stream<'_, '_, 'a> {
             s.push('$');
             for st in path {
                 match *st {
-                    PStep::Key(k) => push_name(&mut s, &String::from_utf8_lossy(k)),
+                    // Always valid (a slice between two quotes of UTF-8 text); `from_utf8`
+                    // is the cheaper check.
+                    PStep::Key(k) => match std::str::from_utf8(k) {
+                        Ok(k) => push_name(&mut s, k),
+                        Err(_) => push_name(&mut s, &String::from_utf8_lossy(k)),
+                    },
                     PStep::Index(i) => push_index(&mut s, i),
                 }
             }
@@ -1173,5 +1178,32 @@ sets:
             masked("patient", r#"{"MRN":1,"name":{"mrn":2},"mrn":{"name":3}}"#),
             r#"{"MRN":"[REDACTED]","mrn":"[REDACTED]"}"#
         );
+    }
+
+    #[test]
+    fn too_many_dfa_states_fall_back_to_the_tree_walk() {
+        // `$..aI..z`: every subset of the `aI` seen above a node is its own state.
+        let rules = |n: usize| {
+            let mut y = String::from("owner: dana@clinic.example\nsets:\n  s:\n    fields:\n");
+            for i in 0..n {
+                y.push_str(&format!(
+                    "      - {{ path: \"$..a{i}..z\", action: redact }}\n"
+                ));
+            }
+            FieldRules::compile(&y, Some("dana@clinic.example"), &|_| None).unwrap()
+        };
+        let small = rules(3);
+        let s = small.set("s").unwrap();
+        // At least one state per subset of {a0, a1, a2}.
+        assert!((8..64).contains(&s.dfa.as_ref().unwrap().state_count()));
+        let big = rules(13);
+        let s = big.set("s").unwrap();
+        assert!(s.dfa.is_none());
+        assert!(!super::supported(s));
+        let (out, rep) = s
+            .mask_document(br#"{"a0":{"a12":[{"z":1,"y":2}]},"z":3}"#, 128)
+            .unwrap();
+        assert_eq!(out, br#"{"a0":{"a12":[{"z":"[REDACTED]","y":2}]},"z":3}"#);
+        assert_eq!(rep.paths, ["$['a0']['a12'][0]['z']"]);
     }
 }
