@@ -266,6 +266,16 @@ impl<'a> Stream<'_, '_, 'a> {
 
     #[inline]
     fn note_masked(&mut self) {
+        if self.report.paths.len() >= MaskReport::MAX_PATHS {
+            // Past the cap only the count (and `truncated`) change: no path to render.
+            self.report.note(String::new);
+            return;
+        }
+        self.render_note();
+    }
+
+    #[inline(never)]
+    fn render_note(&mut self) {
         let (report, path) = (&mut *self.report, &self.path);
         report.note(|| {
             let mut s = String::with_capacity(64);
@@ -335,6 +345,9 @@ impl<'a> Stream<'_, '_, 'a> {
 
     /// One value in DFA state `state`. Returns true when it must be removed from its parent
     /// (nothing was written or flushed for it then).
+    // Inlined into the member / element loops: most values are unselected scalars, and a
+    // call per value was a measurable share.
+    #[inline(always)]
     fn value(&mut self, state: u32, depth: usize, key_bits: u64) -> R<bool> {
         if let Some(rule) = self.winner(state, key_bits) {
             return self.selected(rule, depth);
@@ -342,6 +355,12 @@ impl<'a> Stream<'_, '_, 'a> {
         match self.peek()? {
             b'{' => self.object(state, depth)?,
             b'[' => self.array(state, depth)?,
+            b'"' if !self.detect => {
+                let (start, _, escaped) = self.scan_string()?;
+                if escaped {
+                    self.escaped_string(start)?;
+                }
+            }
             b'"' => self.string()?,
             b't' => self.literal(b"true")?,
             b'f' => self.literal(b"false")?,
@@ -362,6 +381,7 @@ impl<'a> Stream<'_, '_, 'a> {
 
     /// A node some rule selects: scalars are transformed straight from the text, containers
     /// validated and skipped (every action replaces them whole).
+    #[inline(never)]
     fn selected(&mut self, rule: u32, depth: usize) -> R<bool> {
         let set = self.set;
         let action = &set.rules[rule as usize].action;
@@ -548,7 +568,16 @@ impl<'a> Stream<'_, '_, 'a> {
         Ok((start, j + 1, escaped))
     }
 
+    /// An unselected string with escapes (scanned up to `self.i`), without detectors:
+    /// re-escaped as serde does.
+    #[inline(never)]
+    fn escaped_string(&mut self, start: usize) -> R<()> {
+        let s: String = serde_json::from_str(&self.text[start..self.i]).map_err(|_| Bail)?;
+        self.replace(start, |o| write_json_str(o, &s)).map(|_| ())
+    }
+
     /// An unselected string: the detector backstop, then copied (or re-escaped as serde does).
+    #[inline(never)]
     fn string(&mut self) -> R<()> {
         let (start, end, escaped) = self.scan_string()?;
         if !escaped && !self.detect {
@@ -650,6 +679,7 @@ impl<'a> Stream<'_, '_, 'a> {
             .map(|_| ())
     }
 
+    #[inline(never)]
     fn object(&mut self, state: u32, depth: usize) -> R<()> {
         if depth >= self.max_depth {
             return Err(Bail);
@@ -727,6 +757,7 @@ impl<'a> Stream<'_, '_, 'a> {
         Ok(())
     }
 
+    #[inline(never)]
     fn array(&mut self, state: u32, depth: usize) -> R<()> {
         if depth >= self.max_depth {
             return Err(Bail);
