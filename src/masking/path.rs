@@ -367,7 +367,7 @@ pub fn push_name(out: &mut String, name: &str) {
 }
 
 pub fn push_index(out: &mut String, idx: usize) {
-    // Without the formatting machinery: reports render thousands of these.
+    // Without the formatting machinery: cheaper for the few digits of an index.
     let mut digits = [0u8; 20];
     let mut n = idx;
     let mut at = digits.len();
