@@ -5,6 +5,7 @@ use aws_lc_rs::{digest, hmac};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde_json::Value;
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 pub const REDACTED: &str = "[REDACTED]";
@@ -65,6 +66,27 @@ impl Action {
     /// Applies the action in place. Returns true when the node must be removed
     /// from its parent (the caller owns the parent).
     pub fn apply(&self, v: &mut Value, ps: Option<&Pseudonymizer>) -> bool {
+        // Strings and containers go through `apply_str` / `apply_container`, which the
+        // streaming masker calls directly: one implementation keeps both engines identical.
+        let mut buf = String::new();
+        let res = match v {
+            Value::String(s) => self.apply_str(s, ps, &mut buf),
+            Value::Object(_) | Value::Array(_) => self.apply_container(),
+            _ => return self.apply_scalar(v, ps),
+        };
+        let new = match res {
+            StrResult::Remove => return true,
+            StrResult::Keep => return false,
+            StrResult::Null => Value::Null,
+            StrResult::Json(r) => r.clone(),
+            StrResult::Str(t) => Value::String(t.into_owned()),
+        };
+        *v = new;
+        false
+    }
+
+    /// The action applied to a number, a boolean or null.
+    fn apply_scalar(&self, v: &mut Value, ps: Option<&Pseudonymizer>) -> bool {
         let new = match self {
             Action::Remove => return true,
             Action::Null => Value::Null,
@@ -72,10 +94,8 @@ impl Action {
             Action::Replace(r) => r.clone(),
             // null and an earlier fail-closed result carry no data: value
             // transforms leave them alone (keeps masking idempotent).
-            _ if v.is_null() || v.as_str() == Some(REDACTED) => return false,
+            _ if v.is_null() => return false,
             Action::Pseudonymize => match (v as &Value, ps) {
-                (Value::String(s), Some(p)) if p.is_token(s) => return false,
-                (Value::String(s), Some(p)) => Value::String(p.token(s)),
                 (Value::Number(n), Some(p)) => Value::String(p.token(&n.to_string())),
                 _ => redacted(),
             },
@@ -84,10 +104,6 @@ impl Action {
                 keep_last,
                 ch,
             } => match v {
-                Value::String(s) => match mask_str(s, *keep_first, *keep_last, *ch) {
-                    Some(m) => Value::String(m),
-                    None => return false,
-                },
                 Value::Number(n) => {
                     let s = n.to_string();
                     Value::String(
@@ -98,11 +114,6 @@ impl Action {
                 _ => redacted(),
             },
             Action::Year => match v {
-                Value::String(s) => match year_of(s) {
-                    Some(y) if y == s => return false,
-                    Some(y) => Value::String(y.to_string()),
-                    None => redacted(),
-                },
                 // A bare year number is already only a year.
                 Value::Number(n) if n.as_u64().is_some_and(|y| (1000..=9999).contains(&y)) => {
                     return false
@@ -110,11 +121,6 @@ impl Action {
                 _ => redacted(),
             },
             Action::Zip3 => match v {
-                Value::String(s) => match zip3_str(s) {
-                    Some(z) if z == *s => return false,
-                    Some(z) => Value::String(z),
-                    None => redacted(),
-                },
                 Value::Number(n) => match n.as_u64().filter(|z| *z <= 99_999) {
                     Some(z) => Value::String(zip3_prefix(&format!("{z:05}")[..3])),
                     None => redacted(),
@@ -127,18 +133,105 @@ impl Action {
                     Some(_) => return false,
                     None => redacted(),
                 },
-                Value::String(s) if s == "90+" => return false,
-                Value::String(s) => match parse_age(s) {
-                    Some(a) if a >= 90.0 => Value::String("90+".into()),
-                    Some(_) => return false,
-                    None => redacted(),
-                },
                 _ => redacted(),
             },
         };
         *v = new;
         false
     }
+
+    /// The action applied to an object or array: no value transform applies to one, so they
+    /// fail closed.
+    pub(crate) fn apply_container(&self) -> StrResult<'_> {
+        match self {
+            Action::Remove => StrResult::Remove,
+            Action::Null => StrResult::Null,
+            Action::Replace(r) => StrResult::Json(r),
+            _ => StrResult::Str(Cow::Borrowed(REDACTED)),
+        }
+    }
+
+    /// The action applied to a string value, without building a `Value` (the streaming
+    /// masker writes the result straight out). `buf` holds computed results, so masking
+    /// many fields reuses one allocation.
+    pub(crate) fn apply_str<'a>(
+        &'a self,
+        s: &'a str,
+        ps: Option<&Pseudonymizer>,
+        buf: &'a mut String,
+    ) -> StrResult<'a> {
+        const RED: StrResult<'static> = StrResult::Str(Cow::Borrowed(REDACTED));
+        match self {
+            Action::Remove => StrResult::Remove,
+            Action::Null => StrResult::Null,
+            Action::Redact => RED,
+            Action::Replace(r) => StrResult::Json(r),
+            // An earlier fail-closed result carries no data: value transforms leave it
+            // alone (keeps masking idempotent).
+            _ if s == REDACTED => StrResult::Keep,
+            Action::Pseudonymize => match ps {
+                Some(p) if p.is_token(s) => StrResult::Keep,
+                Some(p) => {
+                    buf.clear();
+                    p.token_into(s, buf);
+                    StrResult::Str(Cow::Borrowed(buf))
+                }
+                None => RED,
+            },
+            Action::Mask {
+                keep_first,
+                keep_last,
+                ch,
+            } => {
+                buf.clear();
+                if mask_into(s, *keep_first, *keep_last, *ch, buf) {
+                    StrResult::Str(Cow::Borrowed(buf))
+                } else {
+                    StrResult::Keep
+                }
+            }
+            Action::Year => match year_of(s) {
+                Some(y) if y == s => StrResult::Keep,
+                Some(y) => StrResult::Str(Cow::Borrowed(y)),
+                None => RED,
+            },
+            Action::Zip3 => match zip3_digits(s) {
+                Some(p) => {
+                    buf.clear();
+                    push_zip3(p, buf);
+                    if *buf == s {
+                        StrResult::Keep
+                    } else {
+                        StrResult::Str(Cow::Borrowed(buf))
+                    }
+                }
+                None => RED,
+            },
+            Action::Age90 => {
+                if s == "90+" {
+                    return StrResult::Keep;
+                }
+                match parse_age(s) {
+                    Some(a) if a >= 90.0 => StrResult::Str(Cow::Borrowed("90+")),
+                    Some(_) => StrResult::Keep,
+                    None => RED,
+                }
+            }
+        }
+    }
+}
+
+/// What an action makes of a string value.
+#[derive(Debug, PartialEq)]
+pub(crate) enum StrResult<'a> {
+    /// Remove the member / element.
+    Remove,
+    /// Leave the value as it is.
+    Keep,
+    Null,
+    /// A `replace` value.
+    Json(&'a Value),
+    Str(Cow<'a, str>),
 }
 
 fn redacted() -> Value {
@@ -178,13 +271,18 @@ impl Pseudonymizer {
     }
 
     pub fn token(&self, value: &str) -> String {
-        let tag = hmac::sign(&self.key, value.as_bytes());
         let mut out = String::with_capacity(4 + 8 + 1 + TOKEN_B64_LEN);
+        self.token_into(value, &mut out);
+        out
+    }
+
+    /// Appends the token of `value` to `out`.
+    pub fn token_into(&self, value: &str, out: &mut String) {
+        let tag = hmac::sign(&self.key, value.as_bytes());
         out.push_str("pse:");
         out.push_str(&self.keyid);
         out.push(':');
-        URL_SAFE_NO_PAD.encode_string(&tag.as_ref()[..16], &mut out);
-        out
+        URL_SAFE_NO_PAD.encode_string(&tag.as_ref()[..16], out);
     }
 
     /// True if `s` is exactly a token under this key id (left as is, which
@@ -212,25 +310,39 @@ impl Pseudonymizer {
 /// between. Returns None when `s` is already in masked form (fixed point).
 /// Inputs too short to hide anything become the fill run alone.
 pub fn mask_str(s: &str, keep_first: usize, keep_last: usize, ch: char) -> Option<String> {
-    let chars: Vec<char> = s.chars().collect();
-    let n = chars.len();
-    let fill_only = n == MASK_FILL && chars.iter().all(|c| *c == ch);
+    let mut out = String::with_capacity(s.len() + MASK_FILL * ch.len_utf8());
+    mask_into(s, keep_first, keep_last, ch, &mut out).then_some(out)
+}
+
+/// `mask_str` appending to `out`; false (nothing appended) when `s` is already masked.
+fn mask_into(s: &str, keep_first: usize, keep_last: usize, ch: char, out: &mut String) -> bool {
+    // Char positions as byte offsets; ASCII (the common case) needs no walk.
+    let ascii = s.is_ascii();
+    let n = if ascii { s.len() } else { s.chars().count() };
+    let at = |i: usize| {
+        if ascii {
+            i.min(s.len())
+        } else {
+            s.char_indices().nth(i).map_or(s.len(), |(b, _)| b)
+        }
+    };
+    let is_fill = |part: &str| part.chars().all(|c| c == ch);
+    let fill_only = n == MASK_FILL && is_fill(s);
     let already = n == keep_first + MASK_FILL + keep_last
-        && chars[keep_first..keep_first + MASK_FILL]
-            .iter()
-            .all(|c| *c == ch);
+        && is_fill(&s[at(keep_first)..at(keep_first + MASK_FILL)]);
     if fill_only || already {
-        return None;
+        return false;
     }
-    let mut out = String::with_capacity(s.len() + MASK_FILL);
+    let mut enc = [0u8; 4];
+    let fill: &str = ch.encode_utf8(&mut enc);
     if n <= keep_first + keep_last {
-        out.extend(std::iter::repeat_n(ch, MASK_FILL));
-        return Some(out);
+        (0..MASK_FILL).for_each(|_| out.push_str(fill));
+        return true;
     }
-    out.extend(&chars[..keep_first]);
-    out.extend(std::iter::repeat_n(ch, MASK_FILL));
-    out.extend(&chars[n - keep_last..]);
-    Some(out)
+    out.push_str(&s[..at(keep_first)]);
+    (0..MASK_FILL).for_each(|_| out.push_str(fill));
+    out.push_str(&s[at(n - keep_last)..]);
+    true
 }
 
 fn digits_at(b: &[u8], start: usize, len: usize) -> Option<u32> {
@@ -291,15 +403,27 @@ const RESTRICTED_ZIP3: [&str; 17] = [
 ];
 
 fn zip3_prefix(p: &str) -> String {
-    if RESTRICTED_ZIP3.contains(&p) {
-        "000**".into()
+    let mut out = String::with_capacity(5);
+    push_zip3(p, &mut out);
+    out
+}
+
+fn push_zip3(p: &str, out: &mut String) {
+    out.push_str(if RESTRICTED_ZIP3.contains(&p) {
+        "000"
     } else {
-        format!("{p}**")
-    }
+        p
+    });
+    out.push_str("**");
 }
 
 /// `02139`, `02139-1234`, `021391234` -> `021**`; `021**` is a fixed point.
 pub fn zip3_str(s: &str) -> Option<String> {
+    zip3_digits(s).map(zip3_prefix)
+}
+
+/// The 3-digit prefix of a ZIP code `zip3` accepts.
+fn zip3_digits(s: &str) -> Option<&str> {
     let b = s.as_bytes();
     let ok = match b.len() {
         5 => digits_at(b, 0, 5).is_some() || (digits_at(b, 0, 3).is_some() && &b[3..] == b"**"),
@@ -307,7 +431,7 @@ pub fn zip3_str(s: &str) -> Option<String> {
         10 => digits_at(b, 0, 5).is_some() && b[5] == b'-' && digits_at(b, 6, 4).is_some(),
         _ => false,
     };
-    ok.then(|| zip3_prefix(&s[..3]))
+    ok.then(|| &s[..3])
 }
 
 /// Numeric string ages: digits with an optional sign and decimal point

@@ -387,6 +387,7 @@ fn compile_set(
         slow: Vec::new(),
         keys: Vec::new(),
         needs_key_info: false,
+        dfa: None,
         detectors: Detectors::default(),
         pseudonymizer,
     };
@@ -480,5 +481,6 @@ fn compile_set(
     }
     fs.detectors = Detectors::new(dets);
     fs.needs_key_info = !fs.keys.is_empty() || !fs.fast_names.is_empty();
+    fs.dfa = super::dfa::Dfa::build(&fs.fast, &fs.rules);
     (issues.len() == before).then_some(fs)
 }

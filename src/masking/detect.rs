@@ -107,9 +107,14 @@ impl Detectors {
         // Cheap prefilter so most strings (names, dates, codes, prose) skip
         // every regex: NANP phones need 10 digits, SSNs 9, cards 13, E.164
         // phones 8 plus a '+'; emails need an '@'.
-        let (digit, at) = if self.custom {
-            (true, true)
+        let (card, ssn, phone, at) = if self.custom {
+            (true, true, true, true)
         } else {
+            let (total, at) = digits_and_at(s.as_bytes());
+            if (total < 8 || !self.any_digit_based) && !(at && self.email) {
+                // Fewer than 8 digits in all: no run can hold a numeric match.
+                return None;
+            }
             // Every built-in numeric match lies within one run of digits and the separators
             // they allow (` .-()+`): count digits per such run, not per string, so dates and
             // timestamps (`2019-04-19T04:10:53Z`: runs of 8 and 6) skip the regexes too.
@@ -129,21 +134,26 @@ impl Detectors {
                     _ => run = 0,
                 }
             }
+            // Replacements only ever shorten runs, so the thresholds measured on `s` hold
+            // for every detector in turn.
+            let d = self.any_digit_based;
             (
-                self.any_digit_based && (digits >= 9 || (digits == 8 && plus)),
+                d && digits >= 13,
+                d && digits >= 9,
+                d && (digits >= 10 || (digits >= 8 && plus)),
                 self.email && at,
             )
         };
-        if !digit && !at {
+        if !card && !ssn && !phone && !at {
             return None;
         }
         let mut cur: Option<String> = None;
         for d in &self.list {
             let hay = cur.as_deref().unwrap_or(s);
             let out = match d {
-                Detector::CreditCard if digit => replace_valid(&CARD, hay, card_ok),
-                Detector::Ssn if digit => replace_valid(&SSN, hay, ssn_ok),
-                Detector::Phone if digit => replace_valid(&PHONE, hay, phone_ok),
+                Detector::CreditCard if card => replace_valid(&CARD, hay, card_ok),
+                Detector::Ssn if ssn => replace_valid(&SSN, hay, ssn_ok),
+                Detector::Phone if phone => replace_valid(&PHONE, hay, phone_ok),
                 Detector::Email if at => replace_valid(&EMAIL, hay, |_, _| true),
                 Detector::Custom(re) => replace_valid(re, hay, |_, _| true),
                 _ => None,
@@ -154,6 +164,33 @@ impl Detectors {
         }
         cur
     }
+}
+
+/// ASCII digits in `b`, and whether it holds an '@': 8 bytes at a time.
+fn digits_and_at(b: &[u8]) -> (usize, bool) {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let lanes = |w: u64| {
+        // Lanes below 0x80 only (no carries between lanes): v + 0x50 sets the high bit iff
+        // v >= '0', v + 0x46 iff v > '9'.
+        let x = w & !HIGH;
+        let digit = (x + ONES * 0x50) & !(x + ONES * 0x46) & !w & HIGH;
+        let y = w ^ (ONES * u64::from(b'@'));
+        let at = y.wrapping_sub(ONES) & !y & HIGH;
+        (digit.count_ones() as usize, at != 0)
+    };
+    let (mut digits, mut at) = (0usize, false);
+    let mut chunks = b.chunks_exact(8);
+    for c in &mut chunks {
+        let (d, a) = lanes(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        digits += d;
+        at |= a;
+    }
+    for &c in chunks.remainder() {
+        digits += usize::from(c.is_ascii_digit());
+        at |= c == b'@';
+    }
+    (digits, at)
 }
 
 fn replace_valid(re: &Regex, s: &str, ok: impl Fn(&str, Range<usize>) -> bool) -> Option<String> {
@@ -240,4 +277,61 @@ pub fn luhn(digits: &[u32]) -> bool {
         })
         .sum();
     sum % 10 == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn swar_prefilter_counts_exactly() {
+        let all: Vec<u8> = (0..=255u8).collect();
+        for s in [
+            &all[..],
+            b"",
+            b"0123456789",
+            b"a@b",
+            b"\xff9\x80/:@?0",
+            "é1ü2名3@🙂4".as_bytes(),
+            b"////::::0000@@@@9999",
+        ] {
+            for start in 0..s.len().min(9) {
+                let b = &s[start..];
+                let naive = (
+                    b.iter().filter(|c| c.is_ascii_digit()).count(),
+                    b.contains(&b'@'),
+                );
+                assert_eq!(digits_and_at(b), naive, "{b:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn per_detector_thresholds_keep_every_match() {
+        let all = Detectors::new(vec![
+            Detector::CreditCard,
+            Detector::Ssn,
+            Detector::Phone,
+            Detector::Email,
+        ]);
+        let r = |s: &str| all.scrub(s);
+        // Just long enough for each detector.
+        assert_eq!(r("+12345678").as_deref(), Some(REDACTED));
+        assert_eq!(r("+1234567"), None);
+        assert_eq!(r("id 123-45-6789").as_deref(), Some("id [REDACTED]"));
+        assert_eq!(r("617 555 1234").as_deref(), Some(REDACTED));
+        assert_eq!(r("4111 1111 1111 1111").as_deref(), Some(REDACTED));
+        assert_eq!(r("4222222222222").as_deref(), Some(REDACTED));
+        assert_eq!(r("a@b.example").as_deref(), Some(REDACTED));
+        // Too few digits in all, or split into short runs.
+        assert_eq!(r("1234567 and 7654321"), None);
+        assert_eq!(r("2019-04-19T04:10:53Z"), None);
+        assert_eq!(r("plain prose without any"), None);
+        // Several detectors on one string, each on what the previous left.
+        assert_eq!(
+            r("card 4111-1111-1111-1111, ssn 123-45-6789, tel (617) 555-1234, a@b.example")
+                .as_deref(),
+            Some("card [REDACTED], ssn [REDACTED], tel [REDACTED], [REDACTED]")
+        );
+    }
 }

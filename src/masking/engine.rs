@@ -120,16 +120,8 @@ impl<'s, 'r> Walker<'s, 'r> {
     }
 
     pub(super) fn key_info(&self, k: &str) -> KeyInfo {
-        let mut key_rules = 0u64;
-        for (bit, kr) in self.set.keys.iter().enumerate() {
-            // Length bounds from the regex skip most evaluations.
-            if k.len() >= kr.min_len && kr.max_len.is_none_or(|m| k.len() <= m) && kr.re.is_match(k)
-            {
-                key_rules |= 1 << bit;
-            }
-        }
         KeyInfo {
-            key_rules,
+            key_rules: self.set.key_rule_bits(k),
             named: self.set.fast_names.contains(k),
         }
     }
@@ -220,8 +212,7 @@ impl<'s, 'r> Walker<'s, 'r> {
                 self.too_deep = true;
                 return false;
             }
-            self.report.paths.push(render(path));
-            self.report.count += 1;
+            self.report.note(|| render(path));
             let action = &self.set.rules[rule as usize].action;
             return action.apply(v, self.set.pseudonymizer.as_deref());
         }
@@ -307,8 +298,7 @@ impl<'s, 'r> Walker<'s, 'r> {
             {
                 if let Some(new) = self.set.detectors.scrub(s) {
                     *s = new;
-                    self.report.paths.push(render(path));
-                    self.report.count += 1;
+                    self.report.note(|| render(path));
                 }
             }
             _ => {}

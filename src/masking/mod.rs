@@ -16,6 +16,7 @@ mod config;
 #[cfg(test)]
 mod cts;
 pub mod detect;
+mod dfa;
 mod engine;
 pub mod path;
 mod stream;
@@ -54,8 +55,29 @@ impl std::fmt::Display for RuleIssue {
 /// What was masked: normalized JSONPaths (RFC 9535 §2.7), never values.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MaskReport {
+    /// Every masked node, exact.
     pub count: usize,
+    /// The first `MAX_PATHS` masked nodes, in document order.
     pub paths: Vec<String>,
+    /// More than `MAX_PATHS` nodes were masked (`paths` holds the first ones).
+    pub truncated: bool,
+}
+
+impl MaskReport {
+    /// Paths kept per report: the audit log keeps no more, and rendering a path for each of
+    /// thousands of masked fields would cost more than masking them.
+    pub const MAX_PATHS: usize = 200;
+
+    /// Counts one masked node; its path is rendered only while under the cap.
+    #[inline]
+    pub(crate) fn note(&mut self, path: impl FnOnce() -> String) {
+        self.count += 1;
+        if self.paths.len() < Self::MAX_PATHS {
+            self.paths.push(path());
+        } else {
+            self.truncated = true;
+        }
+    }
 }
 
 /// Why a body could not be masked. Messages never contain body content.
@@ -154,6 +176,8 @@ pub struct FieldSet {
     pub(crate) slow: Vec<(JpQuery, u32)>,
     pub(crate) keys: Vec<KeyRule>,
     pub(crate) needs_key_info: bool,
+    /// The fast rules as one DFA, for the streaming masker (`None`: use the tree walk).
+    pub(crate) dfa: Option<dfa::Dfa>,
     pub(crate) detectors: Detectors,
     pub(crate) pseudonymizer: Option<Arc<Pseudonymizer>>,
 }
@@ -289,6 +313,19 @@ impl FieldSet {
             return Err(MaskError::TooDeep);
         }
         Ok(())
+    }
+
+    /// Bit i: key rule i matches member name `k`.
+    pub(crate) fn key_rule_bits(&self, k: &str) -> u64 {
+        let mut key_rules = 0u64;
+        for (bit, kr) in self.keys.iter().enumerate() {
+            // Length bounds from the regex skip most evaluations.
+            if k.len() >= kr.min_len && kr.max_len.is_none_or(|m| k.len() <= m) && kr.re.is_match(k)
+            {
+                key_rules |= 1 << bit;
+            }
+        }
+        key_rules
     }
 
     /// Human-readable rule descriptions, e.g. `$..ssn -> redact`.

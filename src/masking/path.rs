@@ -342,6 +342,12 @@ fn fast_collect(
 /// C0 controls escaped).
 pub fn push_name(out: &mut String, name: &str) {
     out.push_str("['");
+    // Most names need no escape: copy them whole.
+    if !name.bytes().any(|c| c == b'\'' || c == b'\\' || c < 0x20) {
+        out.push_str(name);
+        out.push_str("']");
+        return;
+    }
     for ch in name.chars() {
         match ch {
             '\u{0008}' => out.push_str("\\b"),
@@ -361,7 +367,21 @@ pub fn push_name(out: &mut String, name: &str) {
 }
 
 pub fn push_index(out: &mut String, idx: usize) {
-    let _ = write!(out, "[{idx}]");
+    // Without the formatting machinery: cheaper for the few digits of an index.
+    let mut digits = [0u8; 20];
+    let mut n = idx;
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.push('[');
+    out.push_str(std::str::from_utf8(&digits[at..]).expect("ASCII digits"));
+    out.push(']');
 }
 
 pub fn format_normalized(steps: &[Step]) -> String {

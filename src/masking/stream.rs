@@ -1,7 +1,10 @@
 //! Streaming masker: the common case (fast paths, `key` rules and detectors; no slow-path
 //! rule) masks in one pass over the bytes, without building a `serde_json::Value` of the
-//! document. Unselected members are copied through in compact form; a selected node alone
-//! is parsed, transformed by its action and written back.
+//! document. Output is copied lazily: the input is owed to the output from `copied` on, and
+//! is only copied when something differs (whitespace dropped, a value masked, a number or
+//! escape normalised), so compact unmasked stretches cost one copy. Selected values are
+//! transformed straight from the text (containers only validated and skipped: every action
+//! replaces them whole). Fast rules are stepped as one DFA (`dfa`).
 //!
 //! The output is byte-for-byte what the tree walk in `engine` produces (compact serde_json,
 //! numbers and escapes normalised the same way). Whatever would need the whole tree or could
@@ -9,27 +12,22 @@
 //! JSON, nesting near the limits — makes this pass give up (`None`), and the caller masks
 //! with the tree walk, which also produces the exact error.
 
-use super::engine::{depth_of, KeyInfo, Walker};
-use super::path::{push_index, push_name, FastSel, StepRef};
+use super::actions::StrResult;
+use super::dfa::{name_hash, same, Dfa};
+use super::path::{push_index, push_name};
 use super::{FieldSet, MaskReport};
 use serde_json::Value;
 use std::collections::HashSet;
 
 /// serde_json's recursion limit, minus a margin: deeper documents take the tree walk.
 const MAX_STREAM_DEPTH: usize = 120;
-/// Objects up to this many members are checked for duplicate names by a linear scan.
+/// Objects up to this many members are checked for duplicate names by a bloom filter and a
+/// linear scan on its hits; larger ones by a hash set.
 const LINEAR_DUP_CHECK: usize = 24;
 
 /// Whether this set can be masked by the streaming pass at all.
 pub(super) fn supported(set: &FieldSet) -> bool {
-    set.slow.is_empty()
-        && !set.fast.iter().any(|f| {
-            f.segs.iter().any(|s| {
-                s.sels
-                    .iter()
-                    .any(|x| matches!(x, FastSel::Index(i) if *i < 0))
-            })
-        })
+    set.slow.is_empty() && set.dfa.is_some()
 }
 
 struct Bail;
@@ -38,24 +36,44 @@ type R<T> = Result<T, Bail>;
 
 #[derive(Clone, Copy)]
 enum PStep<'a> {
-    Key(&'a str),
+    Key(&'a [u8]),
     Index(usize),
 }
 
+/// Member names seen so far in one open object.
 #[derive(Default)]
 struct Names<'a> {
-    list: Vec<&'a str>,
-    set: HashSet<&'a str>,
+    list: Vec<&'a [u8]>,
+    /// Bit `name_hash >> 58` of every name in `list`: most new names miss it, and skip
+    /// the comparisons.
+    bloom: u64,
+    /// All names, once `list` outgrew `LINEAR_DUP_CHECK`.
+    set: HashSet<&'a [u8]>,
+}
+
+/// Per document: key-rule matches by member name (records repeat the same names, and a
+/// regex match costs more than a lookup).
+struct KeyMemo<'a> {
+    slots: Vec<Option<(u64, &'a [u8], u64)>>,
+    used: usize,
 }
 
 struct Stream<'s, 'r, 'a> {
+    set: &'s FieldSet,
+    dfa: &'s Dfa,
+    report: &'r mut MaskReport,
     text: &'a str,
     b: &'a [u8],
     i: usize,
+    /// `b[copied..i]` is owed to `out` verbatim.
+    copied: usize,
     out: Vec<u8>,
-    w: Walker<'s, 'r>,
     path: Vec<PStep<'a>>,
     names: Vec<Names<'a>>,
+    memo: KeyMemo<'a>,
+    /// Results of value transforms (reused: no allocation per masked field).
+    buf: String,
+    detect: bool,
     max_depth: usize,
 }
 
@@ -66,30 +84,123 @@ pub(super) fn mask(
     max_depth: usize,
     report: &mut MaskReport,
 ) -> Option<Vec<u8>> {
+    let dfa = set.dfa.as_ref()?;
+    let memo_slots = if set.keys.is_empty() {
+        0
+    } else {
+        // About one distinct name per 32 bytes at most; kept at most half full.
+        (text.len() / 16).next_power_of_two().clamp(16, 4096)
+    };
     let mut s = Stream {
+        set,
+        dfa,
+        report,
         text,
         b: text.as_bytes(),
         i: 0,
-        out: Vec::with_capacity(text.len()),
-        w: Walker::new(set, report, max_depth),
+        copied: 0,
+        // Masked values may be longer than the originals (pseudonyms): leave some room.
+        out: Vec::with_capacity(text.len() + text.len() / 8 + 16),
         path: Vec::with_capacity(16),
         names: Vec::new(),
+        memo: KeyMemo {
+            slots: vec![None; memo_slots],
+            used: 0,
+        },
+        buf: String::new(),
+        detect: !set.detectors.is_empty(),
         max_depth: max_depth.min(MAX_STREAM_DEPTH),
     };
     s.ws();
-    let removed = s.value(0, 0, None).ok()?;
+    let removed = s.value(Dfa::START, 0, 0).ok()?;
     if removed {
         // Removing the root is impossible; it becomes null (as the tree walk does).
         s.out.clear();
         s.out.extend_from_slice(b"null");
+        s.copied = s.i;
     }
     s.ws();
+    s.flush_to(s.i);
     (s.i == s.b.len()).then_some(s.out)
 }
 
+/// Bytes 0x80 in each lane of `w` where the byte is '"', '\\' or a control character; the
+/// lowest flagged lane is exact (borrows only create false flags above a true one).
+#[inline]
+fn special_lanes(w: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    zero(w ^ (ONES * u64::from(b'"')))
+        | zero(w ^ (ONES * u64::from(b'\\')))
+        | (w.wrapping_sub(ONES * 0x20) & !w & HIGH)
+}
+
+/// Whether serde_json escapes anything in `s` (it escapes only '"', '\\' and controls).
+#[inline]
+fn needs_escape(s: &[u8]) -> bool {
+    let mut chunks = s.chunks_exact(8);
+    for c in &mut chunks {
+        if special_lanes(u64::from_le_bytes(c.try_into().expect("8 bytes"))) != 0 {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|&c| c == b'"' || c == b'\\' || c < 0x20)
+}
+
+/// Writes `s` as a JSON string exactly as serde_json does.
+fn write_json_str(out: &mut Vec<u8>, s: &str) -> R<()> {
+    if needs_escape(s.as_bytes()) {
+        return serde_json::to_writer(out, s).map_err(|_| Bail);
+    }
+    out.reserve(s.len() + 2);
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
+    Ok(())
+}
+
+/// Where a member or element starts, to drop it again if it is removed: the output length
+/// and `copied` then, and the input position up to which the text before it is owed (its
+/// leading comma excluded).
+#[derive(Clone, Copy)]
+struct Mark {
+    out: usize,
+    copied: usize,
+    cut: usize,
+}
+
 impl<'a> Stream<'_, '_, 'a> {
+    /// Copies the owed input up to `end`.
     #[inline]
+    fn flush_to(&mut self, end: usize) {
+        self.out.extend_from_slice(&self.b[self.copied..end]);
+        self.copied = end;
+    }
+
+    /// Skips whitespace, which compact output drops.
+    // Called several times per member and usually finds none: only the test is inlined.
+    #[inline(always)]
     fn ws(&mut self) {
+        if let Some(b' ' | b'\t' | b'\n' | b'\r') = self.b.get(self.i) {
+            self.drop_ws();
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn drop_ws(&mut self) {
+        self.flush_to(self.i);
+        self.skip_ws();
+        self.copied = self.i;
+    }
+
+    /// Skips whitespace inside a value that is not copied.
+    #[inline]
+    fn skip_ws(&mut self) {
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.b.get(self.i) {
             self.i += 1;
         }
@@ -100,68 +211,324 @@ impl<'a> Stream<'_, '_, 'a> {
         self.b.get(self.i).copied().ok_or(Bail)
     }
 
-    fn render_path(&self) -> String {
-        let mut s = String::with_capacity(64);
-        s.push('$');
-        for st in &self.path {
-            match *st {
-                PStep::Key(k) => push_name(&mut s, k),
-                PStep::Index(i) => push_index(&mut s, i),
+    #[inline]
+    fn mark(&self, cut: usize) -> Mark {
+        Mark {
+            out: self.out.len(),
+            copied: self.copied,
+            cut,
+        }
+    }
+
+    /// Drops the member / element begun at `m` (everything up to `self.i`).
+    fn drop_since(&mut self, m: &Mark) {
+        self.out.truncate(m.out);
+        self.copied = m.copied;
+        self.flush_to(m.cut);
+        self.copied = self.i;
+    }
+
+    /// After a member / element: its separator, and in `m` the mark of the next one. Returns
+    /// false at the end of the container. `written`: members kept so far.
+    // Updates `m` in place: returning the mark by value cost a store-forwarding stall per
+    // member.
+    #[inline(always)]
+    fn separator(&mut self, close: u8, written: usize, m: &mut Mark) -> R<bool> {
+        self.ws();
+        match self.peek()? {
+            b',' => {
+                if written == 0 {
+                    // Everything before was removed: so is this comma.
+                    self.flush_to(self.i);
+                    self.i += 1;
+                    self.copied = self.i;
+                    self.ws();
+                    m.cut = self.i;
+                    m.out = self.out.len();
+                    m.copied = self.copied;
+                } else {
+                    // The comma goes with the next member (whitespace after it may flush).
+                    m.cut = self.i;
+                    m.out = self.out.len();
+                    m.copied = self.copied;
+                    self.i += 1;
+                    self.ws();
+                }
+                Ok(true)
+            }
+            c if c == close => {
+                self.i += 1;
+                Ok(false)
+            }
+            _ => Err(Bail),
+        }
+    }
+
+    #[inline]
+    fn note_masked(&mut self) {
+        if self.report.paths.len() >= MaskReport::MAX_PATHS {
+            // Past the cap only the count (and `truncated`) change: no path to render.
+            self.report.note(String::new);
+            return;
+        }
+        self.render_note();
+    }
+
+    #[inline(never)]
+    fn render_note(&mut self) {
+        let (report, path) = (&mut *self.report, &self.path);
+        report.note(|| {
+            let mut s = String::with_capacity(64);
+            s.push('$');
+            for st in path {
+                match *st {
+                    // Always valid (a slice between two quotes of UTF-8 text); `from_utf8`
+                    // is the cheaper check.
+                    PStep::Key(k) => match std::str::from_utf8(k) {
+                        Ok(k) => push_name(&mut s, k),
+                        Err(_) => push_name(&mut s, &String::from_utf8_lossy(k)),
+                    },
+                    PStep::Index(i) => push_index(&mut s, i),
+                }
+            }
+            s
+        });
+    }
+
+    /// The rule selecting a node in DFA state `state` whose member name matched the key
+    /// rules `key_bits`: the lowest (rank, is_key_rule, file position), as `Walker::winner`.
+    #[inline]
+    fn winner(&self, state: u32, key_bits: u64) -> Option<u32> {
+        let fast = self.dfa.win(state);
+        if key_bits == 0 {
+            return fast.map(|(_, _, rule)| rule);
+        }
+        let mut best = fast.map(|(rank, pos, rule)| (rank, false, pos, rule));
+        let mut bits = key_bits;
+        while bits != 0 {
+            let b = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            let rule = self.set.keys[b].rule;
+            let a = &self.set.rules[rule as usize];
+            let cand = (a.action.rank(), true, a.position, rule);
+            if best.is_none_or(|b| cand < b) {
+                best = Some(cand);
             }
         }
-        s
+        best.map(|(_, _, _, rule)| rule)
     }
 
-    fn note_masked(&mut self) {
-        let p = self.render_path();
-        self.w.report.paths.push(p);
-        self.w.report.count += 1;
+    /// Key-rule matches of member name `k` (`h` = its `name_hash`), memoized per document.
+    #[inline]
+    fn key_bits(&mut self, k: &'a [u8], h: u64) -> R<u64> {
+        let slots = &mut self.memo.slots;
+        let mask = slots.len() - 1;
+        let mut j = h as usize & mask;
+        while let Some((eh, n, bits)) = slots[j] {
+            if eh == h && same(n, k) {
+                return Ok(bits);
+            }
+            j = (j + 1) & mask;
+        }
+        // Names are slices of the UTF-8 text between two quotes: this cannot fail.
+        let bits = self
+            .set
+            .key_rule_bits(std::str::from_utf8(k).map_err(|_| Bail)?);
+        // At most half full, so probes stay short and always end at an empty slot.
+        let slots = &mut self.memo.slots;
+        if self.memo.used * 2 < slots.len() {
+            slots[j] = Some((h, k, bits));
+            self.memo.used += 1;
+        }
+        Ok(bits)
     }
 
-    /// One value at NFA frame `off`. Returns true when it must be removed from its parent
-    /// (nothing was written for it then).
-    fn value(&mut self, off: usize, depth: usize, key: Option<KeyInfo>) -> R<bool> {
-        if let Some(rule) = self.w.winner(off, None, key) {
+    /// One value in DFA state `state`. Returns true when it must be removed from its parent
+    /// (nothing was written or flushed for it then).
+    // Inlined into the member / element loops: most values are unselected scalars, and a
+    // call per value was a measurable share.
+    #[inline(always)]
+    fn value(&mut self, state: u32, depth: usize, key_bits: u64) -> R<bool> {
+        if let Some(rule) = self.winner(state, key_bits) {
             return self.selected(rule, depth);
         }
         match self.peek()? {
-            b'{' => self.object(off, depth).map(|_| false),
-            b'[' => self.array(off, depth).map(|_| false),
-            b'"' => self.string().map(|_| false),
-            b't' => self.literal(b"true").map(|_| false),
-            b'f' => self.literal(b"false").map(|_| false),
-            b'n' => self.literal(b"null").map(|_| false),
-            _ => self.number().map(|_| false),
+            b'{' => self.object(state, depth)?,
+            b'[' => self.array(state, depth)?,
+            b'"' if !self.detect => {
+                let (start, _, escaped) = self.scan_string()?;
+                if escaped {
+                    self.escaped_string(start)?;
+                }
+            }
+            b'"' => self.string()?,
+            b't' => self.literal(b"true")?,
+            b'f' => self.literal(b"false")?,
+            b'n' => self.literal(b"null")?,
+            _ => self.number()?,
         }
-    }
-
-    /// A node some rule selects: parsed alone, its action applied, written back.
-    fn selected(&mut self, rule: u32, depth: usize) -> R<bool> {
-        let set = self.w.set;
-        let action = &set.rules[rule as usize].action;
-        let rest = &self.text[self.i..];
-        let mut de = serde_json::Deserializer::from_str(rest).into_iter::<Value>();
-        let mut v = match de.next() {
-            Some(Ok(v)) => v,
-            _ => return Err(Bail),
-        };
-        let end = self.i + de.byte_offset();
-        // The replaced subtree is not walked; its depth still counts against the limit.
-        if (v.is_object() || v.is_array()) && depth + depth_of(&v) > self.max_depth {
-            return Err(Bail);
-        }
-        self.i = end;
-        self.note_masked();
-        if action.apply(&mut v, set.pseudonymizer.as_deref()) {
-            return Ok(true);
-        }
-        serde_json::to_writer(&mut self.out, &v).map_err(|_| Bail)?;
         Ok(false)
     }
 
+    /// Replaces the input `start..self.i` by what `write` writes.
+    #[inline]
+    fn replace(&mut self, start: usize, write: impl FnOnce(&mut Vec<u8>) -> R<()>) -> R<bool> {
+        self.flush_to(start);
+        write(&mut self.out)?;
+        self.copied = self.i;
+        Ok(false)
+    }
+
+    /// A node some rule selects: scalars are transformed straight from the text, containers
+    /// validated and skipped (every action replaces them whole).
+    #[inline(never)]
+    fn selected(&mut self, rule: u32, depth: usize) -> R<bool> {
+        let set = self.set;
+        let action = &set.rules[rule as usize].action;
+        let ps = set.pseudonymizer.as_deref();
+        let start = self.i;
+        match self.peek()? {
+            b'"' => {
+                let (_, end, escaped) = self.scan_string()?;
+                let decoded: Option<String> = if escaped {
+                    Some(serde_json::from_str(&self.text[start..end]).map_err(|_| Bail)?)
+                } else {
+                    None
+                };
+                self.note_masked();
+                let s: &str = decoded.as_deref().unwrap_or(&self.text[start + 1..end - 1]);
+                let mut buf = std::mem::take(&mut self.buf);
+                let res = action.apply_str(s, ps, &mut buf);
+                let r = match res {
+                    StrResult::Keep if !escaped => Ok(false),
+                    StrResult::Keep => self.replace(start, |o| write_json_str(o, s)),
+                    res => self.write_result(start, res),
+                };
+                self.buf = buf;
+                r
+            }
+            b'{' | b'[' => {
+                // The replaced subtree is not walked; its depth still counts against the limit.
+                self.skip(self.max_depth - depth)?;
+                self.note_masked();
+                self.write_result(start, action.apply_container())
+            }
+            c => {
+                let mut v = match c {
+                    b't' => self.skip_literal(b"true", Value::Bool(true))?,
+                    b'f' => self.skip_literal(b"false", Value::Bool(false))?,
+                    b'n' => self.skip_literal(b"null", Value::Null)?,
+                    _ => {
+                        let (_, end, _) = self.scan_number()?;
+                        self.i = end;
+                        serde_json::from_str(&self.text[start..end]).map_err(|_| Bail)?
+                    }
+                };
+                self.note_masked();
+                if action.apply(&mut v, ps) {
+                    return Ok(true);
+                }
+                self.replace(start, |o| serde_json::to_writer(o, &v).map_err(|_| Bail))
+            }
+        }
+    }
+
+    /// Writes an action's result in place of the input `start..self.i`; true: remove it.
+    fn write_result(&mut self, start: usize, res: StrResult<'_>) -> R<bool> {
+        match res {
+            StrResult::Remove => Ok(true),
+            // Only strings can be kept; callers handle that.
+            StrResult::Keep => Err(Bail),
+            StrResult::Null => self.replace(start, |o| {
+                o.extend_from_slice(b"null");
+                Ok(())
+            }),
+            StrResult::Json(r) => {
+                self.replace(start, |o| serde_json::to_writer(o, r).map_err(|_| Bail))
+            }
+            StrResult::Str(t) => self.replace(start, |o| write_json_str(o, &t)),
+        }
+    }
+
+    /// Validates and skips one value that is not copied (a selected container) exactly as
+    /// strictly as serde_json parses it; at most `limit` levels of containers.
+    fn skip(&mut self, limit: usize) -> R<()> {
+        let close = match self.peek()? {
+            b'{' => b'}',
+            b'[' => b']',
+            b'"' => return self.skip_string(),
+            b't' => return self.skip_literal(b"true", Value::Null).map(|_| ()),
+            b'f' => return self.skip_literal(b"false", Value::Null).map(|_| ()),
+            b'n' => return self.skip_literal(b"null", Value::Null).map(|_| ()),
+            _ => {
+                let (start, end, simple) = self.scan_number()?;
+                if !simple {
+                    // Out-of-range numbers (1e400) are errors.
+                    serde_json::from_str::<Value>(&self.text[start..end]).map_err(|_| Bail)?;
+                }
+                self.i = end;
+                return Ok(());
+            }
+        };
+        if limit == 0 {
+            return Err(Bail);
+        }
+        self.i += 1;
+        self.skip_ws();
+        if self.peek()? == close {
+            self.i += 1;
+            return Ok(());
+        }
+        loop {
+            if close == b'}' {
+                if self.peek()? != b'"' {
+                    return Err(Bail);
+                }
+                self.skip_string()?;
+                self.skip_ws();
+                if self.peek()? != b':' {
+                    return Err(Bail);
+                }
+                self.i += 1;
+                self.skip_ws();
+            }
+            self.skip(limit - 1)?;
+            self.skip_ws();
+            match self.peek()? {
+                b',' => {
+                    self.i += 1;
+                    self.skip_ws();
+                }
+                c if c == close => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                _ => return Err(Bail),
+            }
+        }
+    }
+
+    fn skip_string(&mut self) -> R<()> {
+        let (start, end, escaped) = self.scan_string()?;
+        if escaped {
+            // Escapes must be valid (\u surrogates paired), as serde_json checks them.
+            serde_json::from_str::<String>(&self.text[start..end]).map_err(|_| Bail)?;
+        }
+        Ok(())
+    }
+
+    fn skip_literal(&mut self, lit: &[u8], v: Value) -> R<Value> {
+        if self.b[self.i..].starts_with(lit) {
+            self.i += lit.len();
+            Ok(v)
+        } else {
+            Err(Bail)
+        }
+    }
+
+    #[inline]
     fn literal(&mut self, lit: &[u8]) -> R<()> {
         if self.b[self.i..].starts_with(lit) {
-            self.out.extend_from_slice(lit);
             self.i += lit.len();
             Ok(())
         } else {
@@ -170,13 +537,23 @@ impl<'a> Stream<'_, '_, 'a> {
     }
 
     /// Scans a string token; returns its span (with quotes) and whether it has escapes.
-    #[inline]
+    #[inline(always)]
     fn scan_string(&mut self) -> R<(usize, usize, bool)> {
+        let b = self.b;
         let start = self.i;
         let mut j = start + 1;
         let mut escaped = false;
         loop {
-            match self.b.get(j) {
+            // Ordinary bytes 8 at a time.
+            while let Some(chunk) = b.get(j..j + 8) {
+                let lanes = special_lanes(u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
+                if lanes != 0 {
+                    j += (lanes.trailing_zeros() / 8) as usize;
+                    break;
+                }
+                j += 8;
+            }
+            match b.get(j) {
                 None => return Err(Bail),
                 Some(b'"') => break,
                 Some(b'\\') => {
@@ -191,9 +568,21 @@ impl<'a> Stream<'_, '_, 'a> {
         Ok((start, j + 1, escaped))
     }
 
+    /// An unselected string with escapes (scanned up to `self.i`), without detectors:
+    /// re-escaped as serde does.
+    #[inline(never)]
+    fn escaped_string(&mut self, start: usize) -> R<()> {
+        let s: String = serde_json::from_str(&self.text[start..self.i]).map_err(|_| Bail)?;
+        self.replace(start, |o| write_json_str(o, &s)).map(|_| ())
+    }
+
     /// An unselected string: the detector backstop, then copied (or re-escaped as serde does).
+    #[inline(never)]
     fn string(&mut self) -> R<()> {
         let (start, end, escaped) = self.scan_string()?;
+        if !escaped && !self.detect {
+            return Ok(());
+        }
         let decoded: String;
         let s: &str = if escaped {
             decoded = serde_json::from_str(&self.text[start..end]).map_err(|_| Bail)?;
@@ -201,25 +590,23 @@ impl<'a> Stream<'_, '_, 'a> {
         } else {
             &self.text[start + 1..end - 1]
         };
-        let set = self.w.set;
-        if !set.detectors.is_empty() && !set.pseudonymizer.as_deref().is_some_and(|p| p.is_token(s))
-        {
+        let set = self.set;
+        if self.detect && !set.pseudonymizer.as_deref().is_some_and(|p| p.is_token(s)) {
             if let Some(new) = set.detectors.scrub(s) {
                 self.note_masked();
-                return serde_json::to_writer(&mut self.out, &new).map_err(|_| Bail);
+                return self.replace(start, |o| write_json_str(o, &new)).map(|_| ());
             }
         }
         if escaped {
-            serde_json::to_writer(&mut self.out, s).map_err(|_| Bail)
-        } else {
-            self.out.extend_from_slice(&self.b[start..end]);
-            Ok(())
+            self.replace(start, |o| write_json_str(o, s))?;
         }
+        Ok(())
     }
 
-    /// A number: plain integers serde_json keeps as integers are copied; anything else
-    /// (fractions, exponents, -0, beyond 64 bits) is parsed and written as serde does.
-    fn number(&mut self) -> R<()> {
+    /// Scans a number token: its span and whether serde_json writes it back as it is (a
+    /// plain integer within i64/u64, not -0).
+    #[inline]
+    fn scan_number(&self) -> R<(usize, usize, bool)> {
         let b = self.b;
         let start = self.i;
         let mut j = start;
@@ -264,43 +651,55 @@ impl<'a> Stream<'_, '_, 'a> {
                 return Err(Bail);
             }
         }
-        self.i = j;
-        let tok = &self.text[start..j];
         if simple {
-            let mag = &self.text[digits..int_end];
-            let fits = if neg {
-                mag != "0" && tok.parse::<i64>().is_ok()
+            let len = int_end - digits;
+            simple = if neg {
+                // -0 becomes the float -0.0; 19 digits may not fit an i64.
+                !(len == 1 && b[digits] == b'0')
+                    && (len < 19 || self.text[start..j].parse::<i64>().is_ok())
             } else {
-                mag.parse::<u64>().is_ok()
+                len < 20 || self.text[digits..int_end].parse::<u64>().is_ok()
             };
-            if fits {
-                self.out.extend_from_slice(tok.as_bytes());
-                return Ok(());
-            }
         }
-        let n: Value = serde_json::from_str(tok).map_err(|_| Bail)?;
-        serde_json::to_writer(&mut self.out, &n).map_err(|_| Bail)
+        Ok((start, j, simple))
     }
 
-    fn object(&mut self, off: usize, depth: usize) -> R<()> {
+    /// An unselected number: plain integers serde_json keeps as integers stay as they are;
+    /// anything else (fractions, exponents, -0, beyond 64 bits) is parsed and written as
+    /// serde does.
+    #[inline]
+    fn number(&mut self) -> R<()> {
+        let (start, end, simple) = self.scan_number()?;
+        self.i = end;
+        if simple {
+            return Ok(());
+        }
+        let n: Value = serde_json::from_str(&self.text[start..end]).map_err(|_| Bail)?;
+        self.replace(start, |o| serde_json::to_writer(o, &n).map_err(|_| Bail))
+            .map(|_| ())
+    }
+
+    #[inline(never)]
+    fn object(&mut self, state: u32, depth: usize) -> R<()> {
         if depth >= self.max_depth {
             return Err(Bail);
         }
-        let r = self.w.set.fast.len();
         if self.names.len() <= depth {
             self.names.resize_with(depth + 1, Names::default);
         }
-        self.names[depth].list.clear();
-        self.names[depth].set.clear();
+        let n = &mut self.names[depth];
+        n.list.clear();
+        n.bloom = 0;
+        n.set.clear();
         self.i += 1;
-        self.out.push(b'{');
         self.ws();
         if self.peek()? == b'}' {
             self.i += 1;
-            self.out.push(b'}');
             return Ok(());
         }
+        let has_keys = !self.set.keys.is_empty();
         let mut written = 0usize;
+        let mut m = self.mark(self.i);
         loop {
             if self.peek()? != b'"' {
                 return Err(Bail);
@@ -309,64 +708,43 @@ impl<'a> Stream<'_, '_, 'a> {
             if escaped {
                 return Err(Bail);
             }
-            let k: &'a str = &self.text[ks + 1..ke - 1];
-            self.check_duplicate(depth, k)?;
+            // Bytes, not str: names are compared and hashed, rarely needed as text.
+            let k: &'a [u8] = &self.b[ks + 1..ke - 1];
+            let h = name_hash(k);
+            self.check_duplicate(depth, k, h)?;
             self.ws();
             if self.peek()? != b':' {
                 return Err(Bail);
             }
             self.i += 1;
             self.ws();
-            let info = if self.w.set.needs_key_info {
-                self.w.key_info(k)
-            } else {
-                KeyInfo {
-                    key_rules: 0,
-                    named: false,
-                }
-            };
-            if r > 0 {
-                self.w.step_states(off, StepRef::Key(k), info.named);
-            }
-            let mark = self.out.len();
-            if written > 0 {
-                self.out.push(b',');
-            }
-            self.out.extend_from_slice(&self.b[ks..ke]);
-            self.out.push(b':');
+            let key_bits = if has_keys { self.key_bits(k, h)? } else { 0 };
+            let child = self.dfa.next(state, self.dfa.name_class(k, h));
             self.path.push(PStep::Key(k));
-            let removed = self.value(off + r, depth + 1, Some(info))?;
+            let removed = self.value(child, depth + 1, key_bits)?;
             self.path.pop();
             if removed {
-                self.out.truncate(mark);
+                self.drop_since(&m);
             } else {
                 written += 1;
             }
-            self.ws();
-            match self.peek()? {
-                b',' => {
-                    self.i += 1;
-                    self.ws();
-                }
-                b'}' => {
-                    self.i += 1;
-                    self.out.push(b'}');
-                    return Ok(());
-                }
-                _ => return Err(Bail),
+            if !self.separator(b'}', written, &mut m)? {
+                return Ok(());
             }
         }
     }
 
     /// serde_json keeps one member per name (the last value, at the first position): such
     /// objects take the tree walk.
-    #[inline]
-    fn check_duplicate(&mut self, depth: usize, k: &'a str) -> R<()> {
+    #[inline(always)]
+    fn check_duplicate(&mut self, depth: usize, k: &'a [u8], h: u64) -> R<()> {
         let n = &mut self.names[depth];
         if n.list.len() < LINEAR_DUP_CHECK {
-            if n.list.iter().any(|x| x.len() == k.len() && *x == k) {
+            let bit = 1u64 << (h >> 58);
+            if n.bloom & bit != 0 && n.list.iter().any(|x| same(x, k)) {
                 return Err(Bail);
             }
+            n.bloom |= bit;
             n.list.push(k);
         } else {
             if n.set.is_empty() {
@@ -379,57 +757,32 @@ impl<'a> Stream<'_, '_, 'a> {
         Ok(())
     }
 
-    fn array(&mut self, off: usize, depth: usize) -> R<()> {
+    #[inline(never)]
+    fn array(&mut self, state: u32, depth: usize) -> R<()> {
         if depth >= self.max_depth {
             return Err(Bail);
         }
-        let r = self.w.set.fast.len();
         self.i += 1;
-        self.out.push(b'[');
         self.ws();
         if self.peek()? == b']' {
             self.i += 1;
-            self.out.push(b']');
             return Ok(());
         }
         let (mut idx, mut written) = (0usize, 0usize);
+        let mut m = self.mark(self.i);
         loop {
-            if r > 0 {
-                // No negative index selector here (see `supported`): the length is unused.
-                self.w.step_states(
-                    off,
-                    StepRef::Index {
-                        idx,
-                        len: usize::MAX,
-                    },
-                    false,
-                );
-            }
-            let mark = self.out.len();
-            if written > 0 {
-                self.out.push(b',');
-            }
+            let child = self.dfa.next(state, self.dfa.index_class(idx));
             self.path.push(PStep::Index(idx));
-            let removed = self.value(off + r, depth + 1, None)?;
+            let removed = self.value(child, depth + 1, 0)?;
             self.path.pop();
             if removed {
-                self.out.truncate(mark);
+                self.drop_since(&m);
             } else {
                 written += 1;
             }
             idx += 1;
-            self.ws();
-            match self.peek()? {
-                b',' => {
-                    self.i += 1;
-                    self.ws();
-                }
-                b']' => {
-                    self.i += 1;
-                    self.out.push(b']');
-                    return Ok(());
-                }
-                _ => return Err(Bail),
+            if !self.separator(b']', written, &mut m)? {
+                return Ok(());
             }
         }
     }
@@ -461,6 +814,31 @@ sets:
   neg:
     fields:
       - { path: "$.a[-1]", action: redact }
+  actions:
+    fields:
+      - { path: "$..rm",    action: remove }
+      - { path: "$..nul",   action: null }
+      - { path: "$..red",   action: redact }
+      - { path: "$..rep",   action: { replace: "x\"y" } }
+      - { path: "$..repn",  action: { replace: 7 } }
+      - { path: "$..pse",   action: pseudonymize }
+      - { path: "$..msk",   action: { mask: { keep_first: 1, keep_last: 2, char: "é" } } }
+      - { path: "$..yr",    action: year }
+      - { path: "$..zip",   action: zip3 }
+      - { path: "$..age",   action: age90 }
+  shapes:
+    fields:
+      - { path: "$[0]",          action: { replace: "first" } }
+      - { path: "$.*[1]",        action: null }
+      - { path: "$..[2].k",      action: redact }
+      - { path: "$.a.*.b",       action: remove }
+      - { path: "$.x..y.z",      action: { mask: {} } }
+      - { path: "$['p','q'][0,3]", action: year }
+      - { path: "$..deep..w",    action: redact }
+      - { key: "^k$",            action: remove }
+  everything:
+    fields:
+      - { path: "$..*", action: { mask: { keep_last: 1 } } }
 "#;
 
     fn set(name: &str) -> std::sync::Arc<super::super::FieldSet> {
@@ -470,7 +848,12 @@ sets:
     }
 
     fn streams(doc: &str) -> bool {
-        let s = set("patient");
+        streams_with("patient", doc)
+    }
+
+    /// Masks `doc` with `set` both ways (cfg(test) compares them); whether it streamed.
+    fn streams_with(name: &str, doc: &str) -> bool {
+        let s = set(name);
         let mut rep = MaskReport::default();
         let streamed = super::mask(&s, doc, 128, &mut rep).is_some();
         // Compares with the tree walk (cfg(test)), or produces the tree walk's error.
@@ -526,5 +909,332 @@ sets:
         assert!(streams(&doc));
         let dup = doc.replace("\"k99\"", "\"k3\"");
         assert!(!streams(&dup));
+    }
+
+    /// Masks with the tree walk only (via a clone with a slow rule).
+    fn tree_only(name: &str, doc: &str) -> (String, MaskReport) {
+        let s = set(name);
+        let (out, rep) = s.mask_tree(doc, 128).unwrap();
+        (String::from_utf8(out).unwrap(), rep)
+    }
+
+    fn masked(name: &str, doc: &str) -> String {
+        assert!(streams_with(name, doc), "fell back for {doc}");
+        let (out, _) = set(name).mask_document(doc.as_bytes(), 128).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn selected_strings_every_action_and_escape() {
+        for v in [
+            r#""plain""#,
+            r#""""#,
+            r#""a\"b\\c\/d""#,
+            r#""\u00e9t\u00E9 \ud83d\ude42 \b\f\n\r\t \u0001""#,
+            r#""é🙂 ünï名 \u2028""#,
+            r#""[REDACTED]""#,
+            r#""\u005bREDACTED]""#,
+            r#""90+""#,
+            r#""93""#,
+            r#"" 42 ""#,
+            r#""02139""#,
+            r#""02139-1234""#,
+            r#""021**""#,
+            r#""036**""#,
+            r#""1984-02-03T10:00:00Z""#,
+            r#""1984""#,
+            r#""03/04/1984""#,
+            r#""aéééééébc""#,
+            r#""xy""#,
+            r#""ab\"cdefgh\\""#,
+        ] {
+            let doc = format!(
+                r#"{{"rm":{v},"nul":{v},"red":{v},"rep":{v},"repn":{v},"pse":{v},"msk":{v},"yr":{v},"zip":{v},"age":{v}}}"#
+            );
+            masked("actions", &doc);
+            // Pretty input: whitespace everywhere, dropped in the output.
+            let pretty = doc.replace("\":", "\" :\n\t ").replace(",\"", " \r\n, \"");
+            assert_eq!(masked("actions", &pretty), masked("actions", &doc));
+        }
+        assert_eq!(
+            masked(
+                "actions",
+                r#"{"msk":"a\"bcd\\e","rep":"q","repn":"q","red":"\n"}"#
+            ),
+            r#"{"msk":"aéééééé\\e","rep":"x\"y","repn":7,"red":"[REDACTED]"}"#
+        );
+    }
+
+    #[test]
+    fn numbers_of_every_form() {
+        let nums = [
+            "0",
+            "-0",
+            "7",
+            "-7",
+            "1.0",
+            "-1.5",
+            "0.1",
+            "1e3",
+            "1E+3",
+            "-1e-3",
+            "2.5E10",
+            "123456789012345678",
+            "1234567890123456789",
+            "12345678901234567890",
+            "18446744073709551615",
+            "18446744073709551616",
+            "99999999999999999999",
+            "-123456789012345678",
+            "-1234567890123456789",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            "-9999999999999999999",
+            "1e308",
+            "4.9e-324",
+            "0.30000000000000004",
+            "12345",
+            "99999",
+            "100000",
+            "1984",
+            "93",
+            "89.5",
+        ];
+        for n in nums {
+            let doc = format!(
+                r#"[{n},{{"rm":{n},"nul":{n},"red":{n},"rep":{n},"pse":{n},"msk":{n},"yr":{n},"zip":{n},"age":{n},"keep":{n}}}]"#
+            );
+            masked("actions", &doc);
+            masked("patient", &doc);
+        }
+        // Out of f64 range: an error from the tree walk, never output.
+        for doc in [r#"{"keep":1e400}"#, r#"{"age":1e400}"#, r#"{"rm":-1e400}"#] {
+            assert!(!streams_with("actions", doc));
+            assert!(set("actions").mask_document(doc.as_bytes(), 128).is_err());
+        }
+    }
+
+    #[test]
+    fn selected_literals_and_containers() {
+        for v in [
+            "true",
+            "false",
+            "null",
+            "{}",
+            "[]",
+            r#"{"a":[1,{"b":"\u00e9"}]}"#,
+            "[1,2,[3]]",
+        ] {
+            let doc = format!(
+                r#"{{"rm":{v},"nul":{v},"red":{v},"rep":{v},"pse":{v},"msk":{v},"yr":{v},"zip":{v},"age":{v}}}"#
+            );
+            masked("actions", &doc);
+        }
+        // Invalid JSON inside a selected (skipped) container is still an error.
+        for doc in [
+            r#"{"rm":{"a":"\ud800"}}"#,
+            r#"{"rm":{"a":"\x"}}"#,
+            r#"{"red":[1,]}"#,
+            r#"{"red":{"a" 1}}"#,
+            r#"{"red":{"a":01}}"#,
+            r#"{"nul":[tru]}"#,
+            r#"{"nul":["ctl	"]}"#,
+            r#"{"rm":{"a":1}"#,
+        ] {
+            assert!(!streams_with("actions", doc), "streamed {doc}");
+            assert!(
+                set("actions").mask_document(doc.as_bytes(), 128).is_err(),
+                "no error for {doc}"
+            );
+        }
+        // Duplicate names inside a skipped container are fine (serde keeps the last).
+        masked("actions", r#"{"red":{"a":1,"a":2},"x":1}"#);
+        // Depth of a skipped container still counts.
+        let s = set("actions");
+        let doc = r#"{"rm":[[[[1]]]]}"#;
+        assert!(s.mask_document(doc.as_bytes(), 5).is_ok());
+        assert_eq!(
+            s.mask_document(doc.as_bytes(), 4),
+            Err(super::super::MaskError::TooDeep)
+        );
+    }
+
+    #[test]
+    fn removals_at_every_position_with_and_without_whitespace() {
+        for doc in [
+            r#"{"rm":1}"#,
+            r#"{"rm":1,"a":2}"#,
+            r#"{"a":1,"rm":2}"#,
+            r#"{"a":1,"rm":2,"b":3}"#,
+            r#"{"rm":{"x":1},"k":[1],"b":3}"#,
+            r#"{"k":1,"rm":2}"#,
+            r#"{"a":[{"rm":1},{"rm":2,"k":3},{"q":1,"k":2}]}"#,
+            r#"[{"rm":1,"k":2}]"#,
+            r#"{"rm":1,"a":{"rm":2,"k":"x","b":[{"k":1},{"rm":{}}]},"k":3,"z":4}"#,
+        ] {
+            let compact = masked("shapes", doc);
+            assert_eq!(masked("actions", doc), tree_only("actions", doc).0);
+            for ws in [" ", "\n  ", "\t\r\n"] {
+                let pretty = doc
+                    .replace('{', &format!("{{{ws}"))
+                    .replace('}', &format!("{ws}}}"))
+                    .replace(',', &format!("{ws},{ws}"))
+                    .replace(':', &format!("{ws}:{ws}"))
+                    .replace('[', &format!("[{ws}"));
+                assert_eq!(masked("shapes", &pretty), compact, "{pretty}");
+                assert_eq!(
+                    masked("actions", &format!("{ws}{pretty}{ws}")),
+                    masked("actions", doc)
+                );
+            }
+        }
+        assert_eq!(
+            masked("actions", r#" { "rm" : 1 , "a" : 2 } "#),
+            r#"{"a":2}"#
+        );
+        assert_eq!(masked("actions", r#"{"a":1 ,"rm":2 }"#), r#"{"a":1}"#);
+        assert_eq!(
+            masked("actions", r#"{"rm":1, "rm2":[ 1 ], "rm3":3}"#),
+            r#"{"rm2":[1],"rm3":3}"#
+        );
+        assert_eq!(
+            masked("shapes", r#"[ {"k":1}, {"k":2} , 3 ]"#),
+            r#"["first",{},3]"#
+        );
+        assert_eq!(masked("actions", r#"{"rm":1}"#), "{}");
+        assert_eq!(
+            masked(
+                "actions",
+                r#"{ "rm":1 , "rm":2 }"#.replace("\"rm\":2", "\"nul\":2").as_str()
+            ),
+            r#"{"nul":null}"#
+        );
+    }
+
+    #[test]
+    fn dfa_wildcards_descendants_and_indices() {
+        for doc in [
+            r#"[[1,2,3,4],{"k":1},[0,{"k":2},{"k":3,"m":4},{"j":{"k":5}}]]"#,
+            r#"{"a":{"p":{"b":1,"c":2},"q":[{"b":3}],"r":{"b":{"b":4}}},"x":{"m":{"y":{"z":"secret"}},"y":{"z":"s2","q":{"y":{"z":"s3"}}}}}"#,
+            r#"{"p":["1984-01-02","x","y","2001-02-03"],"q":{"0":"1999-01-01"},"x":[1,2,[1,2,{"k":9}]]}"#,
+            r#"{"deep":{"a":[{"w":1},{"v":{"w":"x"}}],"w":2},"w":3,"z":{"deep":[{"w":4}]}}"#,
+            r#"[0,1,2,3,4,5,6,7,8,9,10,11,12]"#,
+            r#"{"k":{"k":{"k":1}},"kk":1,"K":2}"#,
+        ] {
+            masked("shapes", doc);
+            masked("everything", doc);
+            masked("patient", doc);
+        }
+        assert_eq!(
+            masked("shapes", r#"{"x":{"m":{"y":{"z":"secret"}}},"p":[1]}"#),
+            r#"{"x":{"m":{"y":{"z":"******"}}},"p":["[REDACTED]"]}"#
+        );
+        let shapes = set("shapes");
+        let dfa = shapes.dfa.as_ref().unwrap();
+        assert!(dfa.state_count() > 1 && dfa.state_count() < 64);
+        assert!(set("neg").dfa.is_none());
+    }
+
+    #[test]
+    fn report_paths_are_capped_identically() {
+        for n in [199usize, 200, 201, 450] {
+            let mut doc = String::from("[");
+            for i in 0..n {
+                if i > 0 {
+                    doc.push(',');
+                }
+                doc.push_str(&format!(r#"{{"ssn":"1","it's":{{"ssn":{i}}}}}"#));
+            }
+            doc.push(']');
+            let (_, rep) = set("patient").mask_document(doc.as_bytes(), 128).unwrap();
+            assert_eq!(rep.count, 2 * n);
+            assert_eq!(rep.paths.len(), (2 * n).min(MaskReport::MAX_PATHS));
+            assert_eq!(rep.truncated, 2 * n > MaskReport::MAX_PATHS);
+            assert_eq!(rep.paths[1], "$[0]['it\\'s']['ssn']");
+            assert_eq!(tree_only("patient", &doc).1, rep);
+        }
+    }
+
+    #[test]
+    fn hash_collisions_and_many_members() {
+        use super::super::dfa::name_hash;
+        // Same length, first and last 8 bytes: the same hash, so the bloom filter hits and
+        // the names must be compared in full.
+        let (a, b) = ("aaaaaaaa1zzzzzzzz", "aaaaaaaa2zzzzzzzz");
+        assert_eq!(name_hash(a.as_bytes()), name_hash(b.as_bytes()));
+        assert!(!super::same(a.as_bytes(), b.as_bytes()));
+        assert!(super::same(a.as_bytes(), a.to_string().as_bytes()));
+        for (x, y) in [
+            ("", ""),
+            ("a", "b"),
+            ("abc", "abd"),
+            ("abcde", "abcdf"),
+            ("ssn", "ssn"),
+        ] {
+            assert_eq!(super::same(x.as_bytes(), y.as_bytes()), x == y);
+        }
+        assert!(streams(&format!(r#"{{"{a}":1,"{b}":2}}"#)));
+        assert!(!streams(&format!(r#"{{"{a}":1,"{b}":2,"{a}":3}}"#)));
+        // Selector names that collide with member names still resolve exactly.
+        assert!(streams(r#"{"ssnx":"123-45-6789","xssn":1,"ssn":2}"#));
+        // Enough members to fill the bloom filter, duplicates at every position.
+        let names: Vec<String> = (0..80).map(|i| format!("member_{i:02}_name")).collect();
+        let doc = |extra: &str| {
+            let mut d = String::from("{");
+            for (i, n) in names.iter().enumerate() {
+                d.push_str(&format!("\"{n}\":{i},"));
+            }
+            d.push_str(extra);
+            d.push_str("\"email\":\"e@x.example\"}");
+            d
+        };
+        assert!(streams(&doc("")));
+        for dup in [0, 5, 23, 24, 25, 79] {
+            assert!(
+                !streams(&doc(&format!("\"{}\":1,", names[dup]))),
+                "dup {dup}"
+            );
+        }
+    }
+
+    #[test]
+    fn key_rules_combine_with_the_dfa_winner() {
+        // `k` (key rule: remove) beats path rules that are less destructive, wherever it is.
+        assert_eq!(
+            masked("shapes", r#"{"a":{"z":{"b":1,"k":2}},"k":3}"#),
+            r#"{"a":{"z":{}}}"#
+        );
+        // Key rules of the patient set: redact, unless a more destructive path rule wins.
+        assert_eq!(
+            masked("patient", r#"{"MRN":1,"name":{"mrn":2},"mrn":{"name":3}}"#),
+            r#"{"MRN":"[REDACTED]","mrn":"[REDACTED]"}"#
+        );
+    }
+
+    #[test]
+    fn too_many_dfa_states_fall_back_to_the_tree_walk() {
+        // `$..aI..z`: every subset of the `aI` seen above a node is its own state.
+        let rules = |n: usize| {
+            let mut y = String::from("owner: dana@clinic.example\nsets:\n  s:\n    fields:\n");
+            for i in 0..n {
+                y.push_str(&format!(
+                    "      - {{ path: \"$..a{i}..z\", action: redact }}\n"
+                ));
+            }
+            FieldRules::compile(&y, Some("dana@clinic.example"), &|_| None).unwrap()
+        };
+        let small = rules(3);
+        let s = small.set("s").unwrap();
+        // At least one state per subset of {a0, a1, a2}.
+        assert!((8..64).contains(&s.dfa.as_ref().unwrap().state_count()));
+        let big = rules(13);
+        let s = big.set("s").unwrap();
+        assert!(s.dfa.is_none());
+        assert!(!super::supported(s));
+        let (out, rep) = s
+            .mask_document(br#"{"a0":{"a12":[{"z":1,"y":2}]},"z":3}"#, 128)
+            .unwrap();
+        assert_eq!(out, br#"{"a0":{"a12":[{"z":"[REDACTED]","y":2}]},"z":3}"#);
+        assert_eq!(rep.paths, ["$['a0']['a12'][0]['z']"]);
     }
 }
