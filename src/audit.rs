@@ -15,8 +15,6 @@ use crate::access::PermissionVerdict;
 use crate::error::GatewayError;
 use crate::proxy::RequestCtx;
 
-/// Long lists are cut so one record stays one reasonable line; the count is always whole.
-const MAX_AUDIT_PATHS: usize = 200;
 /// How long the writer lets records gather before one `write(2)`: a burst costs one
 /// syscall instead of one per request, and a record is on disk within a few milliseconds.
 const BATCH_WINDOW: Duration = Duration::from_millis(2);
@@ -117,8 +115,10 @@ fn request_record<'a>(
         ),
         granted_by: GrantedBy(&ctx.verdicts),
         masked_count: masked.map(|m| m.count),
-        masked_paths: masked.map(|m| &m.paths[..m.paths.len().min(MAX_AUDIT_PATHS)]),
-        masked_paths_truncated: masked.is_some_and(|m| m.paths.len() > MAX_AUDIT_PATHS),
+        // The report keeps the first `MaskReport::MAX_PATHS` paths so one record stays one
+        // reasonable line; the count is always whole.
+        masked_paths: masked.map(|m| m.paths.as_slice()),
+        masked_paths_truncated: masked.is_some_and(|m| m.truncated),
         status: status.as_u16(),
         upstream_status: ctx.upstream_status,
         latency_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,

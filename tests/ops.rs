@@ -298,6 +298,33 @@ async fn the_audit_log_records_decisions_without_tokens_or_values() {
 }
 
 #[tokio::test]
+async fn long_masked_path_lists_are_cut_and_flagged_with_the_count_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (h, audit) = live(tmp.path(), rules_dir_with(tmp.path(), &[])).await;
+    let patients: Vec<serde_json::Value> = (0..150)
+        .map(|i| serde_json::json!({"id": i, "ssn": "123-45-6789", "email": "x@example.com"}))
+        .collect();
+    h.upstream.script(crate::support::Script::json(
+        &serde_json::json!({ "patients": patients }),
+    ));
+    let r = h.get_as(Some("bob@clinic.example"), "/api/patients").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-phigate-masked"), Some("300"));
+    let id = r.request_id();
+    h.flush_audit().await;
+    let log = std::fs::read_to_string(&audit).unwrap();
+    let rec: serde_json::Value = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| r["request_id"] == id.as_str())
+        .expect("the request's record");
+    assert_eq!(rec["masked_count"], 300);
+    assert_eq!(rec["masked_paths"].as_array().unwrap().len(), 200);
+    assert_eq!(rec["masked_paths"][199], "$['patients'][99]['email']");
+    assert_eq!(rec["masked_paths_truncated"], true);
+}
+
+#[tokio::test]
 async fn audit_write_failures_are_counted_and_make_readyz_fail() {
     let tmp = tempfile::tempdir().unwrap();
     let h = Harness::start_with(Options {
