@@ -77,6 +77,9 @@ struct Stream<'s, 'r, 'a> {
     max_depth: usize,
 }
 
+/// Probes of the key-rule memo before a lookup gives up on it.
+const MEMO_PROBES: usize = 8;
+
 /// Masks `text` (already checked to be UTF-8 without a BOM). `None`: use the tree walk.
 pub(super) fn mask(
     set: &FieldSet,
@@ -324,21 +327,29 @@ impl<'a> Stream<'_, '_, 'a> {
         let slots = &mut self.memo.slots;
         let mask = slots.len() - 1;
         let mut j = h as usize & mask;
-        while let Some((eh, n, bits)) = slots[j] {
-            if eh == h && same(n, k) {
-                return Ok(bits);
+        let mut free = None;
+        // The hash is not keyed: names crafted to collide could make long probe chains, so
+        // a lookup gives up after a few probes (the regexes are then run uncached).
+        for _ in 0..MEMO_PROBES {
+            match slots[j] {
+                Some((eh, n, bits)) if eh == h && same(n, k) => return Ok(bits),
+                Some(_) => j = (j + 1) & mask,
+                None => {
+                    free = Some(j);
+                    break;
+                }
             }
-            j = (j + 1) & mask;
         }
         // Names are slices of the UTF-8 text between two quotes: this cannot fail.
         let bits = self
             .set
             .key_rule_bits(std::str::from_utf8(k).map_err(|_| Bail)?);
-        // At most half full, so probes stay short and always end at an empty slot.
-        let slots = &mut self.memo.slots;
-        if self.memo.used * 2 < slots.len() {
-            slots[j] = Some((h, k, bits));
-            self.memo.used += 1;
+        // At most half full, so probes stay short.
+        if let Some(j) = free {
+            if self.memo.used * 2 < self.memo.slots.len() {
+                self.memo.slots[j] = Some((h, k, bits));
+                self.memo.used += 1;
+            }
         }
         Ok(bits)
     }
