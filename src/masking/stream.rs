@@ -1248,4 +1248,26 @@ sets:
         assert_eq!(out, br#"{"a0":{"a12":[{"z":"[REDACTED]","y":2}]},"z":3}"#);
         assert_eq!(rep.paths, ["$['a0']['a12'][0]['z']"]);
     }
+
+    #[test]
+    fn key_rules_still_apply_past_a_chain_of_colliding_names() {
+        use super::super::dfa::name_hash;
+        // Names landing on the memo slot of "MRN" for every table size (low 12 bits).
+        let target = name_hash(b"MRN") & 4095;
+        let colliding: Vec<String> = (0u32..)
+            .map(|i| format!("c{i}"))
+            .filter(|n| name_hash(n.as_bytes()) & 4095 == target)
+            .take(2 * super::MEMO_PROBES)
+            .collect();
+        let mut doc = String::from("{");
+        for n in &colliding {
+            doc.push_str(&format!("\"{n}\":1,"));
+        }
+        doc.push_str("\"MRN\":\"M-1\",\"x\":{\"MRN\":\"M-2\"}}");
+        assert!(streams(&doc));
+        let (out, report) = set("patient").mask_document(doc.as_bytes(), 128).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(!out.contains("M-1") && !out.contains("M-2"), "{out}");
+        assert_eq!(report.count, 2);
+    }
 }
