@@ -51,16 +51,17 @@ impl Detector {
     }
 }
 
-static SSN: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"\b(?:\d{3}-\d{2}-\d{4}|\d{9})\b").expect("ssn regex"));
+static SSN: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"\b(?:[0-9]{3}-[0-9]{2}-[0-9]{4}|[0-9]{9})\b").expect("ssn regex")
+});
 static PHONE: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(
-        r"(?:\+?1[ .-]?)?(?:\([2-9]\d{2}\) ?|[2-9]\d{2}[ .-])[2-9]\d{2}[ .-]\d{4}\b|\+[1-9]\d{7,14}\b",
+        r"(?:\+?1[ .-]?)?(?:\([2-9][0-9]{2}\) ?|[2-9][0-9]{2}[ .-])[2-9][0-9]{2}[ .-][0-9]{4}\b|\+[1-9][0-9]{7,14}\b",
     )
     .expect("phone regex")
 });
 static CARD: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"\b\d(?:[ -]?\d){12,18}\b").expect("card regex"));
+    LazyLock::new(|| Regex::new(r"\b[0-9](?:[ -]?[0-9]){12,18}\b").expect("card regex"));
 static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
         .expect("email regex")
@@ -236,6 +237,9 @@ fn ssn_ok(s: &str, r: Range<usize>) -> bool {
         .filter(u8::is_ascii_digit)
         .map(|c| c - b'0')
         .collect();
+    if d.len() != 9 {
+        return false;
+    }
     let area = u32::from(d[0]) * 100 + u32::from(d[1]) * 10 + u32::from(d[2]);
     let group = d[3] * 10 + d[4];
     let serial = d[5..].iter().all(|x| *x == 0);
@@ -327,6 +331,13 @@ mod tests {
         assert_eq!(r("1234567 and 7654321"), None);
         assert_eq!(r("2019-04-19T04:10:53Z"), None);
         assert_eq!(r("plain prose without any"), None);
+        // The numeric detectors read ASCII digits, as do their validators and the
+        // prefilter (regex `\d` would also match other scripts' digits, which the SSN check
+        // then indexed past: a panic).
+        assert_eq!(
+            r("123456789 ١٢٣-٤٥-٦٧٨٩").as_deref(),
+            Some("[REDACTED] ١٢٣-٤٥-٦٧٨٩")
+        );
         // Several detectors on one string, each on what the previous left.
         assert_eq!(
             r("card 4111-1111-1111-1111, ssn 123-45-6789, tel (617) 555-1234, a@b.example")
