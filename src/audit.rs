@@ -21,6 +21,8 @@ const BATCH_WINDOW: Duration = Duration::from_millis(2);
 /// Records waiting beyond this make writers wait (back-pressure from a slow disk) instead
 /// of growing memory without bound.
 const MAX_PENDING_BYTES: usize = 8 << 20;
+/// The longest `flush` waits for the writer.
+const FLUSH_WAIT: Duration = Duration::from_secs(10);
 
 /// The audit record of a finished request (field order is the line's order).
 #[derive(Serialize)]
@@ -123,15 +125,6 @@ fn request_record<'a>(
         upstream_status: ctx.upstream_status,
         latency_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
     }
-}
-
-/// Builds the audit record of a finished request, as JSON.
-pub fn build(
-    ctx: &RequestCtx,
-    status: StatusCode,
-    refusal: Option<&GatewayError>,
-) -> serde_json::Value {
-    serde_json::to_value(request_record(ctx, status, refusal)).unwrap_or_default()
 }
 
 /// Where audit records go.
@@ -262,13 +255,24 @@ impl AuditLog {
         }
     }
 
-    /// Blocks until every record handed in before this call has been written (or failed).
+    /// Blocks until every record handed in before this call has been written (or failed),
+    /// for at most `FLUSH_WAIT`: a stuck disk must not hold a shutdown forever.
     pub fn flush(&self) {
         let sh = &*self.shared;
+        let deadline = std::time::Instant::now() + FLUSH_WAIT;
         let mut st = sh.lock();
         let target = st.appended;
         while st.settled < target && !st.closed {
-            st = sh.progress.wait(st).unwrap_or_else(|p| p.into_inner());
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                tracing::error!("audit records still pending after {FLUSH_WAIT:?}");
+                return;
+            }
+            st = sh
+                .progress
+                .wait_timeout(st, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
 

@@ -245,6 +245,15 @@ pub mod h2raw {
             out
         }
 
+        /// Sends one complete request (a HEADERS frame ending the stream) and returns the
+        /// frames up to its end.
+        pub async fn roundtrip(&mut self, stream: u32, block: &[u8]) -> Vec<Frame> {
+            self.send(&frame(HEADERS, END_HEADERS | END_STREAM, stream, block))
+                .await
+                .unwrap();
+            self.until_stream_end(stream, Duration::from_secs(3)).await
+        }
+
         /// Frames until one on `stream` that ends it (END_STREAM or RST_STREAM) or a GOAWAY.
         pub async fn until_stream_end(&mut self, stream: u32, within: Duration) -> Vec<Frame> {
             let deadline = tokio::time::Instant::now() + within;

@@ -243,15 +243,7 @@ async fn absolute_form_connect_and_asterisk_targets_are_refused() {
         (":authority", "evil.example:443"),
         ("authorization", &auth),
     ]);
-    c.send(&h2raw::frame(
-        h2raw::HEADERS,
-        h2raw::END_HEADERS | h2raw::END_STREAM,
-        1,
-        &block,
-    ))
-    .await
-    .unwrap();
-    let frames = c.until_stream_end(1, Duration::from_secs(3)).await;
+    let frames = c.roundtrip(1, &block).await;
     assert!(
         frames
             .iter()
@@ -280,15 +272,7 @@ async fn h2_connection_specific_headers_are_refused() {
     let mut stream = 1;
     for (k, v) in bad {
         let block = h2raw::request("GET", "/api/reports", &[("authorization", &auth), (k, v)]);
-        c.send(&h2raw::frame(
-            h2raw::HEADERS,
-            h2raw::END_HEADERS | h2raw::END_STREAM,
-            stream,
-            &block,
-        ))
-        .await
-        .unwrap();
-        let frames = c.until_stream_end(stream, Duration::from_secs(3)).await;
+        let frames = c.roundtrip(stream, &block).await;
         let reset = frames
             .iter()
             .any(|f| f.stream == stream && f.ty == h2raw::RST_STREAM);
@@ -308,15 +292,7 @@ async fn h2_connection_specific_headers_are_refused() {
     assert_eq!(h.upstream.count(), 0, "{:?}", h.upstream.requests());
     // The connection (or a new one) still serves a clean request.
     let block = h2raw::request("GET", "/api/reports", &[("authorization", &auth)]);
-    c.send(&h2raw::frame(
-        h2raw::HEADERS,
-        h2raw::END_HEADERS | h2raw::END_STREAM,
-        stream,
-        &block,
-    ))
-    .await
-    .unwrap();
-    let frames = c.until_stream_end(stream, Duration::from_secs(3)).await;
+    let frames = c.roundtrip(stream, &block).await;
     assert!(
         frames
             .iter()
@@ -437,15 +413,7 @@ async fn raw_spaces_and_controls_in_paths_never_reach_the_upstream() {
         "/api/maps/a\u{7f}b/embed",
     ] {
         let block = h2raw::request("GET", path, &[("authorization", &auth)]);
-        c.send(&h2raw::frame(
-            h2raw::HEADERS,
-            h2raw::END_HEADERS | h2raw::END_STREAM,
-            stream,
-            &block,
-        ))
-        .await
-        .unwrap();
-        let frames = c.until_stream_end(stream, Duration::from_secs(3)).await;
+        let frames = c.roundtrip(stream, &block).await;
         let ok = frames.iter().any(|f| {
             f.stream == stream && f.ty == h2raw::HEADERS && f.payload.first() == Some(&0x88)
         });

@@ -66,14 +66,6 @@ impl Workers {
         })
     }
 
-    pub fn len(&self) -> usize {
-        self.handles.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.handles.is_empty()
-    }
-
     /// Runs `f` on the next worker, round robin (kernel accept order spreads load evenly
     /// enough; a connection's cost is not known when it arrives).
     pub fn spawn<F>(&self, f: F)
