@@ -117,8 +117,8 @@ fn request_record<'a>(
         ),
         granted_by: GrantedBy(&ctx.verdicts),
         masked_count: masked.map(|m| m.count),
-        // One pattern per masked field (at most `MaskReport::MAX_PATHS`), so a record stays
-        // one short line whatever the body's size; the count is always whole.
+        // The report keeps the first `MaskReport::MAX_PATHS` paths so one record stays one
+        // reasonable line; the count is always whole.
         masked_paths: masked.map(|m| m.paths.as_slice()),
         masked_paths_truncated: masked.is_some_and(|m| m.truncated),
         status: status.as_u16(),

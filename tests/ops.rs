@@ -281,7 +281,7 @@ async fn the_audit_log_records_decisions_without_tokens_or_values() {
     assert_eq!(rec["masked_count"], 2);
     assert_eq!(
         rec["masked_paths"],
-        serde_json::json!(["$['patients'][*]['ssn']", "$['patients'][*]['email']"])
+        serde_json::json!(["$['patients'][0]['ssn']", "$['patients'][0]['email']"])
     );
     assert_eq!(rec["upstream_status"], 200);
     assert!(rec["latency_ms"].as_f64().unwrap() >= 0.0);
@@ -298,7 +298,7 @@ async fn the_audit_log_records_decisions_without_tokens_or_values() {
 }
 
 #[tokio::test]
-async fn long_lists_are_audited_one_pattern_per_field_with_the_count_whole() {
+async fn long_masked_path_lists_are_cut_and_flagged_with_the_count_whole() {
     let tmp = tempfile::tempdir().unwrap();
     let (h, audit) = live(tmp.path(), rules_dir_with(tmp.path(), &[])).await;
     let patients: Vec<serde_json::Value> = (0..150)
@@ -318,13 +318,10 @@ async fn long_lists_are_audited_one_pattern_per_field_with_the_count_whole() {
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .find(|r| r["request_id"] == id.as_str())
         .expect("the request's record");
-    // 300 masked nodes, two fields: the record names each field once, not each record.
     assert_eq!(rec["masked_count"], 300);
-    assert_eq!(
-        rec["masked_paths"],
-        serde_json::json!(["$['patients'][*]['ssn']", "$['patients'][*]['email']"])
-    );
-    assert_eq!(rec["masked_paths_truncated"], false);
+    assert_eq!(rec["masked_paths"].as_array().unwrap().len(), 200);
+    assert_eq!(rec["masked_paths"][199], "$['patients'][99]['email']");
+    assert_eq!(rec["masked_paths_truncated"], true);
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@
 //! (removals are deferred to the end of each container), so rule order cannot
 //! change what another rule selects.
 
-use super::path::{advance, parse_normalized, push_any_index, push_name, Step, StepRef};
+use super::path::{advance, parse_normalized, push_index, push_name, Step, StepRef};
 use super::{FieldSet, MaskReport};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -65,7 +65,6 @@ struct PathNode<'a> {
     step: StepRef<'a>,
 }
 
-/// The report pattern of `node` (indices as `[*]`, see `MaskReport`).
 fn render(node: Option<&PathNode<'_>>) -> String {
     fn push(out: &mut String, n: &PathNode<'_>) {
         if let Some(p) = n.parent {
@@ -73,7 +72,7 @@ fn render(node: Option<&PathNode<'_>>) -> String {
         }
         match n.step {
             StepRef::Key(k) => push_name(out, k),
-            StepRef::Index { .. } => push_any_index(out),
+            StepRef::Index { idx, .. } => push_index(out, idx),
         }
     }
     let mut s = String::with_capacity(64);
@@ -213,7 +212,7 @@ impl<'s, 'r> Walker<'s, 'r> {
                 self.too_deep = true;
                 return false;
             }
-            self.report.note_rendered(render(path));
+            self.report.note(|| render(path));
             let action = &self.set.rules[rule as usize].action;
             return action.apply(v, self.set.pseudonymizer.as_deref());
         }
@@ -299,7 +298,7 @@ impl<'s, 'r> Walker<'s, 'r> {
             {
                 if let Some(new) = self.set.detectors.scrub(s) {
                     *s = new;
-                    self.report.note_rendered(render(path));
+                    self.report.note(|| render(path));
                 }
             }
             _ => {}

@@ -52,76 +52,28 @@ impl std::fmt::Display for RuleIssue {
     }
 }
 
-/// What was masked: which fields, as JSONPaths in RFC 9535 normal form with every array
-/// index written `[*]` (`$['patients'][*]['ssn']`), each once, in the order first masked;
-/// never values. One pattern per field keeps an audit record the same size for a list of
-/// ten records or of ten thousand (exact indices named no more than "which record").
-#[derive(Debug, Clone, Default)]
+/// What was masked: normalized JSONPaths (RFC 9535 §2.7), never values.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MaskReport {
     /// Every masked node, exact.
     pub count: usize,
-    /// The distinct field patterns, at most `MAX_PATHS`.
+    /// The first `MAX_PATHS` masked nodes, in document order.
     pub paths: Vec<String>,
-    /// More than `MAX_PATHS` distinct patterns were masked (`paths` holds the first ones).
+    /// More than `MAX_PATHS` nodes were masked (`paths` holds the first ones).
     pub truncated: bool,
-    /// A cheap key per kept pattern (engine-specific), checked before the exact comparison.
-    keys: Vec<u64>,
 }
-
-impl PartialEq for MaskReport {
-    fn eq(&self, o: &Self) -> bool {
-        (self.count, &self.paths, self.truncated) == (o.count, &o.paths, o.truncated)
-    }
-}
-
-impl Eq for MaskReport {}
 
 impl MaskReport {
-    /// Distinct patterns kept per report: an audit record stays one short line.
-    pub const MAX_PATHS: usize = 64;
+    /// Paths kept per report: the audit log keeps no more, and rendering a path for each of
+    /// thousands of masked fields would cost more than masking them.
+    pub const MAX_PATHS: usize = 200;
 
-    /// Counts one masked node whose pattern is `rendered` (the tree walk).
-    pub(crate) fn note_rendered(&mut self, rendered: String) {
-        self.count += 1;
-        if self.truncated || self.paths.iter().rev().any(|p| *p == rendered) {
-            return;
-        }
-        self.keep(0, rendered);
-    }
-
-    /// Counts one masked node (the streaming pass): `key` is a cheap hash of its pattern,
-    /// `is` tells exactly whether a kept pattern is its own, and `render` writes it; a
-    /// repeated field is neither rendered nor allocated.
+    /// Counts one masked node; its path is rendered only while under the cap.
     #[inline]
-    pub(crate) fn note(
-        &mut self,
-        key: u64,
-        is: impl Fn(&str) -> bool,
-        render: impl FnOnce(&mut String),
-    ) {
+    pub(crate) fn note(&mut self, path: impl FnOnce() -> String) {
         self.count += 1;
-        if self.truncated {
-            return;
-        }
-        // Few distinct fields: a short scan, newest first (lists repeat the same fields).
-        if self
-            .keys
-            .iter()
-            .zip(&self.paths)
-            .rev()
-            .any(|(k, p)| *k == key && is(p))
-        {
-            return;
-        }
-        let mut s = String::with_capacity(64);
-        render(&mut s);
-        self.keep(key, s);
-    }
-
-    fn keep(&mut self, key: u64, pattern: String) {
         if self.paths.len() < Self::MAX_PATHS {
-            self.paths.push(pattern);
-            self.keys.push(key);
+            self.paths.push(path());
         } else {
             self.truncated = true;
         }

@@ -366,11 +366,6 @@ pub fn push_name(out: &mut String, name: &str) {
     out.push_str("']");
 }
 
-/// Any array index, as report patterns write it.
-pub fn push_any_index(out: &mut String) {
-    out.push_str("[*]");
-}
-
 pub fn push_index(out: &mut String, idx: usize) {
     // Without the formatting machinery: cheaper for the few digits of an index.
     let mut digits = [0u8; 20];

@@ -14,7 +14,7 @@
 
 use super::actions::StrResult;
 use super::dfa::{name_hash, same, Dfa};
-use super::path::{push_any_index, push_name};
+use super::path::{push_index, push_name};
 use super::{FieldSet, MaskReport};
 use serde_json::Value;
 use std::collections::HashSet;
@@ -36,10 +36,8 @@ type R<T> = Result<T, Bail>;
 
 #[derive(Clone, Copy)]
 enum PStep<'a> {
-    /// A member name and its `name_hash`.
-    Key(&'a [u8], u64),
-    /// Any index: reports name fields, not records.
-    Index,
+    Key(&'a [u8]),
+    Index(usize),
 }
 
 /// Member names seen so far in one open object.
@@ -127,53 +125,6 @@ pub(super) fn mask(
     s.ws();
     s.flush_to(s.i);
     (s.i == s.b.len()).then_some(s.out)
-}
-
-/// Writes the report pattern of `path` (see `MaskReport`).
-fn render_pattern(s: &mut String, path: &[PStep<'_>]) {
-    s.push('$');
-    for st in path {
-        match *st {
-            // Always valid (a slice between two quotes of UTF-8 text); `from_utf8` is the
-            // cheaper check.
-            PStep::Key(k, _) => match std::str::from_utf8(k) {
-                Ok(k) => push_name(s, k),
-                Err(_) => push_name(s, &String::from_utf8_lossy(k)),
-            },
-            PStep::Index => push_any_index(s),
-        }
-    }
-}
-
-/// Whether `pattern` is the report pattern of `path`, without rendering it (names that
-/// need escaping in normal form are rendered and compared).
-fn pattern_is(pattern: &str, path: &[PStep<'_>]) -> bool {
-    let mut p = pattern.as_bytes();
-    let Some(rest) = p.strip_prefix(b"$") else {
-        return false;
-    };
-    p = rest;
-    for st in path {
-        match *st {
-            PStep::Index => match p.strip_prefix(b"[*]") {
-                Some(rest) => p = rest,
-                None => return false,
-            },
-            PStep::Key(k, _) => {
-                if k.iter().any(|&c| c == b'\'' || c == b'\\' || c < 0x20) {
-                    let mut s = String::new();
-                    render_pattern(&mut s, path);
-                    return s == pattern;
-                }
-                let n = 2 + k.len() + 2;
-                if p.len() < n || &p[..2] != b"['" || &p[2..n - 2] != k || &p[n - 2..n] != b"']" {
-                    return false;
-                }
-                p = &p[n..];
-            }
-        }
-    }
-    p.is_empty()
 }
 
 /// Bytes 0x80 in each lane of `w` where the byte is '"', '\\' or a control character; the
@@ -318,9 +269,9 @@ impl<'a> Stream<'_, '_, 'a> {
 
     #[inline]
     fn note_masked(&mut self) {
-        if self.report.truncated {
-            // Past the cap only the count changes: no pattern to render.
-            self.report.count += 1;
+        if self.report.paths.len() >= MaskReport::MAX_PATHS {
+            // Past the cap only the count (and `truncated`) change: no path to render.
+            self.report.note(String::new);
             return;
         }
         self.render_note();
@@ -329,14 +280,22 @@ impl<'a> Stream<'_, '_, 'a> {
     #[inline(never)]
     fn render_note(&mut self) {
         let (report, path) = (&mut *self.report, &self.path);
-        let key = path.iter().fold(0x9e37_79b9_7f4a_7c15u64, |acc, st| {
-            let x = match *st {
-                PStep::Key(_, h) => h,
-                PStep::Index => 0x2a,
-            };
-            (acc ^ x).wrapping_mul(0x0100_0000_01b3).rotate_left(23)
+        report.note(|| {
+            let mut s = String::with_capacity(64);
+            s.push('$');
+            for st in path {
+                match *st {
+                    // Always valid (a slice between two quotes of UTF-8 text); `from_utf8`
+                    // is the cheaper check.
+                    PStep::Key(k) => match std::str::from_utf8(k) {
+                        Ok(k) => push_name(&mut s, k),
+                        Err(_) => push_name(&mut s, &String::from_utf8_lossy(k)),
+                    },
+                    PStep::Index(i) => push_index(&mut s, i),
+                }
+            }
+            s
         });
-        report.note(key, |p| pattern_is(p, path), |s| render_pattern(s, path));
     }
 
     /// The rule selecting a node in DFA state `state` whose member name matched the key
@@ -772,7 +731,7 @@ impl<'a> Stream<'_, '_, 'a> {
             self.ws();
             let key_bits = if has_keys { self.key_bits(k, h)? } else { 0 };
             let child = self.dfa.next(state, self.dfa.name_class(k, h));
-            self.path.push(PStep::Key(k, h));
+            self.path.push(PStep::Key(k));
             let removed = self.value(child, depth + 1, key_bits)?;
             self.path.pop();
             if removed {
@@ -824,7 +783,7 @@ impl<'a> Stream<'_, '_, 'a> {
         let mut m = self.mark(self.i);
         loop {
             let child = self.dfa.next(state, self.dfa.index_class(idx));
-            self.path.push(PStep::Index);
+            self.path.push(PStep::Index(idx));
             let removed = self.value(child, depth + 1, 0)?;
             self.path.pop();
             if removed {
@@ -1188,37 +1147,6 @@ sets:
     }
 
     #[test]
-    fn pattern_is_matches_exactly_what_render_pattern_writes() {
-        use super::{pattern_is, render_pattern, PStep};
-        let paths: Vec<Vec<PStep<'_>>> = vec![
-            vec![],
-            vec![PStep::Index],
-            vec![PStep::Key(b"ssn", 1)],
-            vec![PStep::Key(b"a", 1), PStep::Index, PStep::Key(b"ssn", 2)],
-            vec![PStep::Key(b"it's", 1), PStep::Key(b"b\\c", 2)],
-            vec![PStep::Key(b"a", 1), PStep::Key(b"ssn", 2)],
-            vec![PStep::Key(b"ass", 1), PStep::Key(b"n", 2)],
-        ];
-        let rendered: Vec<String> = paths
-            .iter()
-            .map(|p| {
-                let mut s = String::new();
-                render_pattern(&mut s, p);
-                s
-            })
-            .collect();
-        assert_eq!(rendered[3], "$['a'][*]['ssn']");
-        assert_eq!(rendered[4], "$['it\\'s']['b\\\\c']");
-        for (i, p) in paths.iter().enumerate() {
-            for (j, r) in rendered.iter().enumerate() {
-                assert_eq!(pattern_is(r, p), i == j, "{r} vs path {i}");
-            }
-        }
-        assert!(!pattern_is("$['a'][*]['ssn']x", &paths[3]));
-        assert!(!pattern_is("['a']", &paths[5]));
-    }
-
-    #[test]
     fn report_paths_are_capped_identically() {
         for n in [199usize, 200, 201, 450] {
             let mut doc = String::from("[");
@@ -1231,19 +1159,9 @@ sets:
             doc.push(']');
             let (_, rep) = set("patient").mask_document(doc.as_bytes(), 128).unwrap();
             assert_eq!(rep.count, 2 * n);
-            assert_eq!(rep.paths, ["$[*]['ssn']", "$[*]['it\\'s']['ssn']"]);
-            assert!(!rep.truncated);
-            assert_eq!(tree_only("patient", &doc).1, rep);
-        }
-        // Distinct fields past the cap: the first ones kept, flagged, the count whole.
-        for n in [63usize, 64, 65, 150] {
-            let members: Vec<String> = (0..n).map(|i| format!(r#""k{i}":{{"ssn":"1"}}"#)).collect();
-            let doc = format!("[{{{}}},{{{}}}]", members.join(","), members.join(","));
-            let (_, rep) = set("patient").mask_document(doc.as_bytes(), 128).unwrap();
-            assert_eq!(rep.count, 2 * n);
-            assert_eq!(rep.paths.len(), n.min(MaskReport::MAX_PATHS));
-            assert_eq!(rep.truncated, n > MaskReport::MAX_PATHS);
-            assert_eq!(rep.paths[0], "$[*]['k0']['ssn']");
+            assert_eq!(rep.paths.len(), (2 * n).min(MaskReport::MAX_PATHS));
+            assert_eq!(rep.truncated, 2 * n > MaskReport::MAX_PATHS);
+            assert_eq!(rep.paths[1], "$[0]['it\\'s']['ssn']");
             assert_eq!(tree_only("patient", &doc).1, rep);
         }
     }
@@ -1328,7 +1246,7 @@ sets:
             .mask_document(br#"{"a0":{"a12":[{"z":1,"y":2}]},"z":3}"#, 128)
             .unwrap();
         assert_eq!(out, br#"{"a0":{"a12":[{"z":"[REDACTED]","y":2}]},"z":3}"#);
-        assert_eq!(rep.paths, ["$['a0']['a12'][*]['z']"]);
+        assert_eq!(rep.paths, ["$['a0']['a12'][0]['z']"]);
     }
 
     #[test]
