@@ -63,6 +63,18 @@ impl Action {
         }
     }
 
+    /// The JSON text of what this action makes of any node (string, number, container), when
+    /// that is the same for all of them; see `apply_str`, `apply_scalar`, `apply_container`.
+    pub(crate) fn constant_json(&self) -> Option<Box<[u8]>> {
+        let v = match self {
+            Action::Null => Value::Null,
+            Action::Redact => redacted(),
+            Action::Replace(r) => r.clone(),
+            _ => return None,
+        };
+        serde_json::to_vec(&v).ok().map(Vec::into_boxed_slice)
+    }
+
     /// Applies the action in place. Returns true when the node must be removed
     /// from its parent (the caller owns the parent).
     pub fn apply(&self, v: &mut Value, ps: Option<&Pseudonymizer>) -> bool {
@@ -333,15 +345,25 @@ fn mask_into(s: &str, keep_first: usize, keep_last: usize, ch: char, out: &mut S
     if fill_only || already {
         return false;
     }
+    // The fill run built once on the stack and appended in one go (six pushes of one char
+    // were a visible share of masking a patient list).
     let mut enc = [0u8; 4];
-    let fill: &str = ch.encode_utf8(&mut enc);
+    let w = ch.encode_utf8(&mut enc).len();
+    let mut run = [0u8; 4 * MASK_FILL];
+    for c in run.chunks_exact_mut(w).take(MASK_FILL) {
+        c.copy_from_slice(&enc[..w]);
+    }
+    // Whole copies of one char's UTF-8 encoding.
+    let fill = std::str::from_utf8(&run[..w * MASK_FILL]).unwrap_or_default();
     if n <= keep_first + keep_last {
-        (0..MASK_FILL).for_each(|_| out.push_str(fill));
+        out.push_str(fill);
         return true;
     }
-    out.push_str(&s[..at(keep_first)]);
-    (0..MASK_FILL).for_each(|_| out.push_str(fill));
-    out.push_str(&s[at(n - keep_last)..]);
+    let (head, tail) = (&s[..at(keep_first)], &s[at(n - keep_last)..]);
+    out.reserve(head.len() + fill.len() + tail.len());
+    out.push_str(head);
+    out.push_str(fill);
+    out.push_str(tail);
     true
 }
 

@@ -455,6 +455,7 @@ fn compile_set(
         if let Some(action) = action {
             fs.rules.push(RuleInfo {
                 display: format!("{selector_text} -> {}", action.describe()),
+                constant: action.constant_json(),
                 action,
                 position: pos as u32,
             });
@@ -463,6 +464,7 @@ fn compile_set(
             fs.rules.push(RuleInfo {
                 display: String::new(),
                 action: Action::Redact,
+                constant: None,
                 position: pos as u32,
             });
         }

@@ -101,6 +101,9 @@ pub const SERDE_JSON_DEPTH_LIMIT: usize = 128;
 #[derive(Debug)]
 pub(crate) struct RuleInfo {
     pub action: Action,
+    /// The JSON text every selected node becomes, when that does not depend on the node
+    /// (`null`, `redact`, `replace`): the streaming masker writes it without a transform.
+    pub constant: Option<Box<[u8]>>,
     /// Index in the set's `fields` list (file order).
     pub position: u32,
     pub display: String,

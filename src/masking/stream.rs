@@ -395,9 +395,19 @@ impl<'a> Stream<'_, '_, 'a> {
     #[inline(never)]
     fn selected(&mut self, rule: u32, depth: usize) -> R<bool> {
         let set = self.set;
-        let action = &set.rules[rule as usize].action;
-        let ps = set.pseudonymizer.as_deref();
+        let info = &set.rules[rule as usize];
         let start = self.i;
+        if let Some(c) = info.constant.as_deref() {
+            // Whatever the node is, it becomes `c`: only validated and skipped.
+            self.skip(self.max_depth - depth)?;
+            self.note_masked();
+            self.flush_to(start);
+            self.out.extend_from_slice(c);
+            self.copied = self.i;
+            return Ok(false);
+        }
+        let action = &info.action;
+        let ps = set.pseudonymizer.as_deref();
         match self.peek()? {
             b'"' => {
                 let (_, end, escaped) = self.scan_string()?;

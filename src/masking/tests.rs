@@ -127,6 +127,50 @@ fn action_mask() {
         mask_str("héllo wörld", 1, 1, '*').as_deref(),
         Some("h******d")
     );
+    // Fill chars of 2, 3 and 4 bytes: the run is six whole chars.
+    assert_eq!(mask_str("abcdef", 1, 1, 'é').as_deref(), Some("aééééééf"));
+    assert_eq!(mask_str("abcdef", 0, 0, '€').as_deref(), Some("€€€€€€"));
+    assert_eq!(mask_str("ab", 1, 1, '🙂').as_deref(), Some("🙂🙂🙂🙂🙂🙂"));
+}
+
+#[test]
+fn constant_actions_give_the_same_json_for_every_node_kind() {
+    let nodes = [
+        json!("123-45-6789"),
+        json!(REDACTED),
+        json!(42),
+        json!(-1.5),
+        json!(true),
+        json!(null),
+        json!({"a": [1]}),
+        json!([]),
+    ];
+    for a in [
+        Action::Null,
+        Action::Redact,
+        Action::Replace(json!("x\"y")),
+        Action::Replace(json!({"k": [1, null]})),
+    ] {
+        let c = a.constant_json().expect("constant");
+        let want: Value = serde_json::from_slice(&c).unwrap();
+        for n in &nodes {
+            assert_eq!(apply(&a, n.clone()), want, "{a:?} on {n}");
+        }
+    }
+    for a in [
+        Action::Remove,
+        Action::Pseudonymize,
+        Action::Year,
+        Action::Zip3,
+        Action::Age90,
+        Action::Mask {
+            keep_first: 0,
+            keep_last: 4,
+            ch: '*',
+        },
+    ] {
+        assert_eq!(a.constant_json(), None, "{a:?} depends on the node");
+    }
 }
 
 #[test]
