@@ -353,25 +353,46 @@ impl MaskJob<'_> {
     /// The whole body, within the limit; an upstream failure mid-body is a 502, never a
     /// partial body.
     async fn collect(&self, body: Incoming, headers: &HeaderMap) -> Result<Bytes, GatewayError> {
-        if let Some(len) = headers
+        const TOO_LARGE: &str = "the upstream's body exceeds the masking size limit";
+        let declared = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-        {
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > self.max_body) {
+            return Err(refuse(TOO_LARGE));
+        }
+        // Each frame is copied into one buffer as it arrives, while it is still in cache
+        // (collecting all frames first, then joining them, read a large body back from
+        // memory); a body of one frame is not copied at all.
+        let mut body = body;
+        let mut first: Option<Bytes> = None;
+        let mut joined: Option<BytesMut> = None;
+        let mut len = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| refuse("the upstream failed while sending the body"))?;
+            let Ok(data) = frame.into_data() else {
+                continue; // trailers: not part of the document
+            };
+            len += data.len() as u64;
             if len > self.max_body {
-                return Err(refuse("the upstream's body exceeds the masking size limit"));
+                return Err(refuse(TOO_LARGE));
+            }
+            match (&mut joined, first.take()) {
+                (Some(buf), _) => buf.extend_from_slice(&data),
+                (None, None) => first = Some(data),
+                (None, Some(f)) => {
+                    let cap = declared.unwrap_or(0).max(len).min(self.max_body);
+                    let mut buf = BytesMut::with_capacity(cap as usize);
+                    buf.extend_from_slice(&f);
+                    buf.extend_from_slice(&data);
+                    joined = Some(buf);
+                }
             }
         }
-        match http_body_util::Limited::new(body, self.max_body as usize)
-            .collect()
-            .await
-        {
-            Ok(c) => Ok(c.to_bytes()),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                Err(refuse("the upstream's body exceeds the masking size limit"))
-            }
-            Err(_) => Err(refuse("the upstream failed while sending the body")),
-        }
+        Ok(match joined {
+            Some(buf) => buf.freeze(),
+            None => first.unwrap_or_default(),
+        })
     }
 
     fn maybe_gzip(&self, h: &mut HeaderMap, out: Vec<u8>) -> Vec<u8> {
