@@ -82,9 +82,7 @@ fn die(msg: &str) -> ! {
     std::process::exit(2)
 }
 
-// mimalloc keeps freed memory for reuse: with glibc malloc every masked body over the mmap
-// threshold cost a fresh mapping and a page fault per 4 KiB, and its small-object path is
-// faster for the many short-lived allocations of a request.
+// The allocator of the `phigate` binary (see src/main.rs), so the bench measures what runs.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -353,8 +353,7 @@ fn mask_into(s: &str, keep_first: usize, keep_last: usize, ch: char, out: &mut S
     for c in run.chunks_exact_mut(w).take(MASK_FILL) {
         c.copy_from_slice(&enc[..w]);
     }
-    // Whole copies of one char's UTF-8 encoding.
-    let fill = std::str::from_utf8(&run[..w * MASK_FILL]).unwrap_or_default();
+    let fill = std::str::from_utf8(&run[..w * MASK_FILL]).expect("whole copies of one char");
     if n <= keep_first + keep_last {
         out.push_str(fill);
         return true;

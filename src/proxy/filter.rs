@@ -377,16 +377,17 @@ impl MaskJob<'_> {
             if len > self.max_body {
                 return Err(refuse(TOO_LARGE));
             }
-            match (&mut joined, first.take()) {
-                (Some(buf), _) => buf.extend_from_slice(&data),
-                (None, None) => first = Some(data),
-                (None, Some(f)) => {
-                    let cap = declared.unwrap_or(0).max(len).min(self.max_body);
-                    let mut buf = BytesMut::with_capacity(cap as usize);
-                    buf.extend_from_slice(&f);
-                    buf.extend_from_slice(&data);
-                    joined = Some(buf);
-                }
+            if let Some(buf) = joined.as_mut() {
+                buf.extend_from_slice(&data);
+            } else if let Some(f) = first.take() {
+                // Both are within the limit checked above.
+                let cap = declared.unwrap_or(0).max(len);
+                let mut buf = BytesMut::with_capacity(cap as usize);
+                buf.extend_from_slice(&f);
+                buf.extend_from_slice(&data);
+                joined = Some(buf);
+            } else {
+                first = Some(data);
             }
         }
         Ok(match joined {
