@@ -87,6 +87,7 @@ fn die(msg: &str) -> ! {
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    phigate::server::memory::disable_transparent_huge_pages();
     let (cmd, a) = args();
     let mut b = tokio::runtime::Builder::new_multi_thread();
     b.enable_all();

@@ -131,11 +131,13 @@ fn load(config: &Path) -> Result<(Settings, RuleSnapshot), ExitCode> {
 
 // mimalloc keeps freed memory for reuse: with glibc malloc every masked body over the mmap
 // threshold cost a fresh mapping and a page fault per 4 KiB, and its small-object path is
-// faster for the many short-lived allocations of a request.
+// faster for the many short-lived allocations of a request. Huge pages are turned off at
+// start (see `server::memory`), or idle connections would pin 2 MiB pages.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    phigate::server::memory::disable_transparent_huge_pages();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check {

@@ -1,6 +1,7 @@
 //! Accepting connections: TCP, TLS handshake (bounded in time), then HTTP/1.1 or HTTP/2.
 
 pub mod admin;
+pub mod memory;
 pub mod tls;
 pub mod workers;
 
