@@ -165,6 +165,10 @@ struct Pending {
     appended: u64,
     settled: u64,
     closed: bool,
+    /// Threads waiting on `progress`, and whether the writer waits on `more`: a condvar
+    /// notify is a syscall even when nobody waits, so only real waiters are woken.
+    waiting: usize,
+    writer_idle: bool,
 }
 
 impl Shared {
@@ -228,7 +232,9 @@ impl AuditLog {
         }
         let mut st = sh.lock();
         while st.buf.len() >= MAX_PENDING_BYTES && !st.closed {
+            st.waiting += 1;
             st = sh.progress.wait(st).unwrap_or_else(|p| p.into_inner());
+            st.waiting -= 1;
         }
         if st.closed {
             drop(st);
@@ -236,7 +242,6 @@ impl AuditLog {
             tracing::error!("audit record after the audit log closed");
             return;
         }
-        let was_empty = st.buf.is_empty();
         let mark = st.buf.len();
         if serde_json::to_writer(&mut st.buf, record).is_err() {
             st.buf.truncate(mark);
@@ -248,9 +253,10 @@ impl AuditLog {
         st.buf.push(b'\n');
         st.records += 1;
         st.appended += 1;
+        // Only a writer waiting for records is woken (once per batch, not per record).
+        let wake = std::mem::take(&mut st.writer_idle);
         drop(st);
-        // Only the first record of a batch wakes the writer.
-        if was_empty {
+        if wake {
             sh.more.notify_one();
         }
     }
@@ -268,11 +274,13 @@ impl AuditLog {
                 tracing::error!("audit records still pending after {FLUSH_WAIT:?}");
                 return;
             }
+            st.waiting += 1;
             st = sh
                 .progress
                 .wait_timeout(st, left)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
+            st.waiting -= 1;
         }
     }
 
@@ -323,11 +331,13 @@ impl Drop for AuditLog {
 fn write_loop(sh: &Shared, mut out: Box<dyn Write + Send>) {
     let mut batch: Vec<u8> = Vec::with_capacity(64 << 10);
     loop {
-        let (records, upto) = {
+        let (records, upto, wake) = {
             let mut st = sh.lock();
             while st.buf.is_empty() && !st.closed {
+                st.writer_idle = true;
                 st = sh.more.wait(st).unwrap_or_else(|p| p.into_inner());
             }
+            st.writer_idle = false;
             if st.buf.is_empty() {
                 // Closed and nothing left.
                 st.settled = st.appended;
@@ -341,10 +351,12 @@ fn write_loop(sh: &Shared, mut out: Box<dyn Write + Send>) {
                 st = sh.lock();
             }
             std::mem::swap(&mut st.buf, &mut batch);
-            (std::mem::take(&mut st.records), st.appended)
+            (std::mem::take(&mut st.records), st.appended, st.waiting > 0)
         };
         // Room again for producers held back by a slow disk.
-        sh.progress.notify_all();
+        if wake {
+            sh.progress.notify_all();
+        }
         match out.write_all(&batch).and_then(|()| out.flush()) {
             Ok(()) => {
                 sh.written.fetch_add(records, Ordering::Relaxed);
@@ -359,8 +371,13 @@ fn write_loop(sh: &Shared, mut out: Box<dyn Write + Send>) {
         if batch.capacity() > 4 << 20 {
             batch.shrink_to(64 << 10);
         }
-        sh.lock().settled = upto;
-        sh.progress.notify_all();
+        let mut st = sh.lock();
+        st.settled = upto;
+        let wake = st.waiting > 0;
+        drop(st);
+        if wake {
+            sh.progress.notify_all();
+        }
     }
 }
 
