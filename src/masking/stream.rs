@@ -178,19 +178,35 @@ fn first_special16_swar(chunk: &[u8; 16]) -> Option<usize> {
     (hi != 0).then(|| 8 + (hi.trailing_zeros() / 8) as usize)
 }
 
+/// Offset of the first '"', '\\' or control character in `s`: 16 bytes per step, then 8,
+/// then single bytes (long free-text values are most of a patient record's bytes, and most
+/// names and short values end within the first 16).
+#[inline(always)]
+fn first_special(s: &[u8]) -> Option<usize> {
+    let mut j = 0;
+    while let Some(chunk) = s.get(j..j + 16) {
+        if let Some(at) = first_special16(chunk.try_into().expect("16 bytes")) {
+            return Some(j + at);
+        }
+        j += 16;
+    }
+    while let Some(chunk) = s.get(j..j + 8) {
+        let lanes = special_lanes(u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
+        if lanes != 0 {
+            return Some(j + (lanes.trailing_zeros() / 8) as usize);
+        }
+        j += 8;
+    }
+    s[j..]
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+        .map(|at| j + at)
+}
+
 /// Whether serde_json escapes anything in `s` (it escapes only '"', '\\' and controls).
 #[inline]
 fn needs_escape(s: &[u8]) -> bool {
-    let mut chunks = s.chunks_exact(8);
-    for c in &mut chunks {
-        if special_lanes(u64::from_le_bytes(c.try_into().expect("8 bytes"))) != 0 {
-            return true;
-        }
-    }
-    chunks
-        .remainder()
-        .iter()
-        .any(|&c| c == b'"' || c == b'\\' || c < 0x20)
+    first_special(s).is_some()
 }
 
 /// Writes `s` as a JSON string exactly as serde_json does.
@@ -604,36 +620,17 @@ impl<'a> Stream<'_, '_, 'a> {
         let mut j = start + 1;
         let mut escaped = false;
         loop {
-            // Ordinary bytes 16 at a time, then 8: long free-text values are most of a
-            // patient record's bytes, and most names and short values end in the first 16.
-            'find: {
-                while let Some(chunk) = b.get(j..j + 16) {
-                    let chunk: &[u8; 16] = chunk.try_into().expect("16 bytes");
-                    if let Some(at) = first_special16(chunk) {
-                        j += at;
-                        break 'find;
-                    }
-                    j += 16;
-                }
-                while let Some(chunk) = b.get(j..j + 8) {
-                    let lanes =
-                        special_lanes(u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
-                    if lanes != 0 {
-                        j += (lanes.trailing_zeros() / 8) as usize;
-                        break 'find;
-                    }
-                    j += 8;
-                }
-            }
-            match b.get(j) {
-                None => return Err(Bail),
-                Some(b'"') => break,
-                Some(b'\\') => {
+            // An unterminated string is invalid JSON (`j` may be past the end after an
+            // escape's backslash in the last byte).
+            j += b.get(j..).and_then(first_special).ok_or(Bail)?;
+            match b[j] {
+                b'"' => break,
+                b'\\' => {
                     escaped = true;
                     j += 2;
                 }
-                Some(c) if *c < 0x20 => return Err(Bail),
-                Some(_) => j += 1,
+                // A raw control character inside a string.
+                _ => return Err(Bail),
             }
         }
         self.i = j + 1;
@@ -995,6 +992,29 @@ sets:
         assert!(!streams(&deep));
         assert!(!super::supported(&set("neg")));
         assert!(super::supported(&set("patient")));
+    }
+
+    #[test]
+    fn cut_strings_are_errors_at_every_length() {
+        // A body cut inside a string, or right after an escape's backslash, must be a
+        // masking error (never a panic past the end, never a partial document), whichever
+        // step of the scan (16, 8 or single bytes) reaches the end.
+        for n in 0..40 {
+            let text = "x".repeat(n);
+            for doc in [
+                format!(r#"{{"ssn":"{text}"#),
+                format!(r#"{{"ssn":"{text}\"#),
+                format!(r#"["{text}"#),
+                format!(r#"["{text}\"#),
+                format!(r#"{{"{text}"#),
+            ] {
+                assert!(!streams(&doc), "streamed {doc}");
+                assert!(
+                    set("patient").mask_document(doc.as_bytes(), 128).is_err(),
+                    "{doc}"
+                );
+            }
+        }
     }
 
     #[test]
