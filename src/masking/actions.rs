@@ -231,6 +231,74 @@ impl Action {
             }
         }
     }
+
+    /// `apply_str` of `s` written straight to `out` as JSON text, for the actions whose
+    /// result needs no JSON escaping (mask with a plain ASCII fill, year, zip3) and an `s`
+    /// that needs none either: no intermediate string, no escape scan of the result (a
+    /// patient list has several such fields per record). `None`: not handled here, use
+    /// `apply_str`; `Some(false)`: `s` stays as it is; `Some(true)`: written.
+    #[inline]
+    pub(crate) fn write_str_direct(&self, s: &str, out: &mut Vec<u8>) -> Option<bool> {
+        let quoted = |out: &mut Vec<u8>, parts: &[&[u8]]| {
+            out.push(b'"');
+            for p in parts {
+                out.extend_from_slice(p);
+            }
+            out.push(b'"');
+            Some(true)
+        };
+        if s == REDACTED {
+            // As `apply_str`: an earlier fail-closed result is left alone.
+            return matches!(self, Action::Mask { .. } | Action::Year | Action::Zip3)
+                .then_some(false);
+        }
+        match *self {
+            Action::Mask {
+                keep_first,
+                keep_last,
+                ch,
+            } if ch.is_ascii() && !ch.is_ascii_control() && ch != '"' && ch != '\\' => {
+                if !s.is_ascii() {
+                    return None;
+                }
+                let (b, c, n) = (s.as_bytes(), ch as u8, s.len());
+                let fill = [c; MASK_FILL];
+                let is_fill = |part: &[u8]| part.iter().all(|&x| x == c);
+                let fill_only = n == MASK_FILL && is_fill(b);
+                let already = n == keep_first + MASK_FILL + keep_last
+                    && is_fill(&b[keep_first..keep_first + MASK_FILL]);
+                if fill_only || already {
+                    return Some(false);
+                }
+                if n <= keep_first + keep_last {
+                    return quoted(out, &[&fill]);
+                }
+                out.reserve(keep_first + MASK_FILL + keep_last + 2);
+                quoted(out, &[&b[..keep_first], &fill, &b[n - keep_last..]])
+            }
+            // The year is a slice of `s`.
+            Action::Year => match year_of(s) {
+                Some(y) if y == s => Some(false),
+                Some(y) => quoted(out, &[y.as_bytes()]),
+                None => quoted(out, &[REDACTED.as_bytes()]),
+            },
+            Action::Zip3 => match zip3_digits(s) {
+                Some(p) => {
+                    let p = if RESTRICTED_ZIP3.contains(&p) {
+                        "000"
+                    } else {
+                        p
+                    };
+                    if s.len() == 5 && s.starts_with(p) && s.ends_with("**") {
+                        return Some(false);
+                    }
+                    quoted(out, &[p.as_bytes(), b"**"])
+                }
+                None => quoted(out, &[REDACTED.as_bytes()]),
+            },
+            _ => None,
+        }
+    }
 }
 
 /// What an action makes of a string value.

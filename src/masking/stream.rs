@@ -466,6 +466,19 @@ impl<'a> Stream<'_, '_, 'a> {
         match self.peek()? {
             b'"' => {
                 let (_, end, escaped) = self.scan_string()?;
+                if !escaped {
+                    // Flushing up to the string is right whatever comes: a kept string
+                    // stays owed from `start`.
+                    self.flush_to(start);
+                    let s = &self.text[start + 1..end - 1];
+                    if let Some(written) = action.write_str_direct(s, &mut self.out) {
+                        if written {
+                            self.copied = self.i;
+                        }
+                        self.note_masked();
+                        return Ok(false);
+                    }
+                }
                 let decoded: Option<String> = if escaped {
                     Some(serde_json::from_str(&self.text[start..end]).map_err(|_| Bail)?)
                 } else {

@@ -970,6 +970,64 @@ sets:
         }
 
         #[test]
+        fn direct_string_writes_equal_apply_str(
+            s in prop_oneof![
+                "[0-9]{4}([-/][0-9]{1,2}([-/][0-9]{1,2}([T ][0-9:]{0,8})?)?)?",
+                "[0-9]{1,2}/[0-9]{1,2}/[0-9]{4}",
+                "[0-9*-]{3,10}",
+                "[a-z*#]{0,12}",
+                "[ -~]{0,16}",
+                "[a-zé名*]{0,8}",
+                Just(REDACTED.to_string()),
+                Just("******".to_string()),
+                Just("u******".to_string()),
+                Just("******6789".to_string()),
+                Just("036**".to_string()),
+                Just("03612".to_string()),
+            ],
+            which in 0..9usize,
+        ) {
+            use crate::masking::actions::StrResult;
+            let actions = [
+                Action::Mask { keep_first: 0, keep_last: 4, ch: '*' },
+                Action::Mask { keep_first: 1, keep_last: 0, ch: '*' },
+                Action::Mask { keep_first: 0, keep_last: 0, ch: '#' },
+                Action::Mask { keep_first: 3, keep_last: 5, ch: 'x' },
+                Action::Mask { keep_first: 1, keep_last: 1, ch: 'é' },
+                Action::Mask { keep_first: 1, keep_last: 1, ch: '"' },
+                Action::Year,
+                Action::Zip3,
+                Action::Redact,
+            ];
+            // The precondition of the direct path: `s` itself needs no escaping.
+            prop_assume!(!s.contains(['"', '\\']) && !s.chars().any(char::is_control));
+            let a = &actions[which];
+            let mut out = b"prefix".to_vec();
+            let direct = a.write_str_direct(&s, &mut out);
+            let mut buf = String::new();
+            let general = a.apply_str(&s, None, &mut buf);
+            match direct {
+                None => prop_assert_eq!(&out, b"prefix"),
+                Some(false) => {
+                    prop_assert_eq!(&general, &StrResult::Keep);
+                    prop_assert_eq!(&out, b"prefix");
+                }
+                Some(true) => {
+                    let StrResult::Str(t) = general else {
+                        return Err(TestCaseError::fail(format!("{general:?} for {s:?}")));
+                    };
+                    let mut want = b"prefix".to_vec();
+                    serde_json::to_writer(&mut want, t.as_ref()).unwrap();
+                    prop_assert_eq!(String::from_utf8(out).unwrap(), String::from_utf8(want).unwrap());
+                }
+            }
+            // Where it can, the direct path is taken (ASCII fills, year, zip3).
+            if which != 4 && which != 5 && which != 8 && s.is_ascii() {
+                prop_assert!(direct.is_some(), "{:?} not direct for {:?}", a, s);
+            }
+        }
+
+        #[test]
         fn detector_strings_are_idempotent(s in "[a-z0-9@. ()+-]{0,40}") {
             let set = patient();
             let doc = json!({"free": s});
