@@ -49,7 +49,25 @@ struct Names<'a> {
     bloom: u64,
     /// All names, once `list` outgrew `LINEAR_DUP_CHECK`.
     set: HashSet<&'a [u8]>,
+    /// What the member at each position of the last object at this depth resolved to: the
+    /// records of a list share their shape, so a name equal to the one at the same position
+    /// before skips the hash, the DFA class lookup and the key-rule memo. Kept across
+    /// objects (`list` is not).
+    pred: Vec<Pred<'a>>,
 }
+
+/// One member's name resolved in one DFA state (all pure functions of the two).
+#[derive(Clone, Copy)]
+struct Pred<'a> {
+    name: &'a [u8],
+    state: u32,
+    child: u32,
+    h: u64,
+    key_bits: u64,
+}
+
+/// Member positions remembered per depth (records rarely have more members).
+const MAX_PRED: usize = 64;
 
 /// Per document: key-rule matches by member name (records repeat the same names, and a
 /// regex match costs more than a lookup).
@@ -780,7 +798,7 @@ impl<'a> Stream<'_, '_, 'a> {
             return Ok(());
         }
         let has_keys = !self.set.keys.is_empty();
-        let mut written = 0usize;
+        let (mut written, mut pos) = (0usize, 0usize);
         let mut m = self.mark(self.i);
         loop {
             if self.peek()? != b'"' {
@@ -792,7 +810,8 @@ impl<'a> Stream<'_, '_, 'a> {
             }
             // Bytes, not str: names are compared and hashed, rarely needed as text.
             let k: &'a [u8] = &self.b[ks + 1..ke - 1];
-            let h = name_hash(k);
+            let (h, child, key_bits) = self.member(depth, pos, state, k, has_keys)?;
+            pos += 1;
             self.check_duplicate(depth, k, h)?;
             self.ws();
             if self.peek()? != b':' {
@@ -800,8 +819,6 @@ impl<'a> Stream<'_, '_, 'a> {
             }
             self.i += 1;
             self.ws();
-            let key_bits = if has_keys { self.key_bits(k, h)? } else { 0 };
-            let child = self.dfa.next(state, self.dfa.name_class(k, h));
             self.path.push(PStep::Key(k));
             let removed = self.value(child, depth + 1, key_bits)?;
             self.path.pop();
@@ -814,6 +831,42 @@ impl<'a> Stream<'_, '_, 'a> {
                 return Ok(());
             }
         }
+    }
+
+    /// Member name `k` at position `pos` of an object at `depth` in DFA state `state`: its
+    /// hash, the child's DFA state and its key-rule matches; from the last object's member
+    /// at the same position when that had the same name in the same state.
+    #[inline(always)]
+    fn member(
+        &mut self,
+        depth: usize,
+        pos: usize,
+        state: u32,
+        k: &'a [u8],
+        has_keys: bool,
+    ) -> R<(u64, u32, u64)> {
+        if let Some(p) = self.names[depth].pred.get(pos) {
+            if p.state == state && same(p.name, k) {
+                return Ok((p.h, p.child, p.key_bits));
+            }
+        }
+        let h = name_hash(k);
+        let key_bits = if has_keys { self.key_bits(k, h)? } else { 0 };
+        let child = self.dfa.next(state, self.dfa.name_class(k, h));
+        let p = Pred {
+            name: k,
+            state,
+            child,
+            h,
+            key_bits,
+        };
+        let preds = &mut self.names[depth].pred;
+        if let Some(slot) = preds.get_mut(pos) {
+            *slot = p;
+        } else if pos == preds.len() && pos < MAX_PRED {
+            preds.push(p);
+        }
+        Ok((h, child, key_bits))
     }
 
     /// serde_json keeps one member per name (the last value, at the first position): such
@@ -987,6 +1040,29 @@ sets:
         ] {
             assert!(streams(doc), "fell back for {doc}");
         }
+    }
+
+    #[test]
+    fn a_remembered_member_is_reused_only_in_the_same_state() {
+        // `p.b` under `a` and under `q` sit at the same depth and position: the second must
+        // not reuse the first's DFA state (only `$.a.*.b` is removed), nor a later record
+        // with other names the first record's.
+        let doc = r#"{"a":{"p":{"b":1,"c":2}},"q":{"p":{"b":1,"c":2}},"z":{"r":[{"b":1},{"c":1,"b":2}]}}"#;
+        assert!(streams_with("shapes", doc));
+        let (out, rep) = set("shapes").mask_document(doc.as_bytes(), 64).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"a":{"p":{"c":2}},"q":{"p":{"b":1,"c":2}},"z":{"r":[{"b":1},{"c":1,"b":2}]}}"#
+        );
+        assert_eq!(rep.paths, vec!["$['a']['p']['b']"]);
+        // Records of one shape, then one with the names swapped: both masked by name.
+        let doc = r#"[{"ssn":"1","k":"x"},{"ssn":"2","k":"y"},{"k":"z","ssn":"3"}]"#;
+        let (out, rep) = set("patient").mask_document(doc.as_bytes(), 64).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"[{"ssn":"[REDACTED]","k":"x"},{"ssn":"[REDACTED]","k":"y"},{"k":"z","ssn":"[REDACTED]"}]"#
+        );
+        assert_eq!(rep.count, 3);
     }
 
     #[test]
