@@ -239,14 +239,16 @@ impl Action {
     /// `apply_str`; `Some(false)`: `s` stays as it is; `Some(true)`: written.
     #[inline]
     pub(crate) fn write_str_direct(&self, s: &str, out: &mut Vec<u8>) -> Option<bool> {
-        let quoted = |out: &mut Vec<u8>, parts: &[&[u8]]| {
+        #[inline(always)]
+        fn quoted(out: &mut Vec<u8>, parts: &[&[u8]]) -> Option<bool> {
+            out.reserve(parts.iter().map(|p| p.len()).sum::<usize>() + 2);
             out.push(b'"');
             for p in parts {
                 out.extend_from_slice(p);
             }
             out.push(b'"');
             Some(true)
-        };
+        }
         if s == REDACTED {
             // As `apply_str`: an earlier fail-closed result is left alone.
             return matches!(self, Action::Mask { .. } | Action::Year | Action::Zip3)
@@ -273,7 +275,6 @@ impl Action {
                 if n <= keep_first + keep_last {
                     return quoted(out, &[&fill]);
                 }
-                out.reserve(keep_first + MASK_FILL + keep_last + 2);
                 quoted(out, &[&b[..keep_first], &fill, &b[n - keep_last..]])
             }
             // The year is a slice of `s`.

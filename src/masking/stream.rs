@@ -157,32 +157,59 @@ fn special_lanes(w: u64) -> u64 {
         | (w.wrapping_sub(ONES * 0x20) & !w & HIGH)
 }
 
-/// Offset of the first '"', '\\' or control character in `chunk`, if any. SSE2 (part of
-/// every x86-64) finds it exactly in one compare; a string's scan used to take two SWAR
-/// words to see that it ends in this chunk and a third to find where.
+/// Bit masks of the '"', '\\' and control bytes of `chunk` (bit i: byte i), and of its
+/// quotes alone. SSE2 (part of every x86-64) finds them in one compare each.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn first_special16(chunk: &[u8; 16]) -> Option<usize> {
+fn specials16(chunk: &[u8; 16]) -> (u32, u32) {
     use std::arch::x86_64::{
         __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_max_epu8, _mm_movemask_epi8, _mm_or_si128,
         _mm_set1_epi8,
     };
     // SAFETY: SSE2 is part of the x86-64 baseline, so these intrinsics are always
     // available; the load reads exactly the 16 bytes of `chunk` and needs no alignment.
-    let bits = unsafe {
+    unsafe {
         let v = _mm_loadu_si128(chunk.as_ptr().cast::<__m128i>());
         let quote = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
         let backslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
         // Unsigned v <= 0x1f exactly when max(v, 0x1f) == 0x1f.
         let limit = _mm_set1_epi8(0x1f);
         let control = _mm_cmpeq_epi8(_mm_max_epu8(v, limit), limit);
-        _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), control)) as u32
-    };
+        (
+            _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), control)) as u32,
+            _mm_movemask_epi8(quote) as u32,
+        )
+    }
+}
+
+/// Offset of the first '"', '\\' or control character in `chunk`, if any (a string's scan
+/// used to take two SWAR words to see that it ends in this chunk and a third to find where).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn first_special16(chunk: &[u8; 16]) -> Option<usize> {
+    let (bits, _) = specials16(chunk);
     (bits != 0).then(|| bits.trailing_zeros() as usize)
 }
 
 #[cfg(not(target_arch = "x86_64"))]
 use first_special16_swar as first_special16;
+
+/// Whether a string starting (after its quote) at `s[0]` ends within its first 16 bytes
+/// with nothing to unescape: then its closing quote's offset. One compare for the common
+/// short name or value, and no reload of the byte found to see that it is the quote.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn plain_end16(s: &[u8]) -> Option<usize> {
+    let (special, quote) = specials16(s.get(..16)?.try_into().ok()?);
+    // The lowest special byte is a quote.
+    (special & special.wrapping_neg() & quote != 0).then(|| special.trailing_zeros() as usize)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn plain_end16(_: &[u8]) -> Option<usize> {
+    None
+}
 
 /// Portable form of the above: two SWAR words.
 #[cfg(any(test, not(target_arch = "x86_64")))]
@@ -649,6 +676,10 @@ impl<'a> Stream<'_, '_, 'a> {
         let b = self.b;
         let start = self.i;
         let mut j = start + 1;
+        if let Some(at) = b.get(j..).and_then(plain_end16) {
+            self.i = j + at + 1;
+            return Ok((start, j + at + 1, false));
+        }
         let mut escaped = false;
         loop {
             // An unterminated string is invalid JSON (`j` may be past the end after an
@@ -813,9 +844,12 @@ impl<'a> Stream<'_, '_, 'a> {
             let (h, child, key_bits) = self.member(depth, pos, state, k, has_keys)?;
             pos += 1;
             self.check_duplicate(depth, k, h)?;
-            self.ws();
-            if self.peek()? != b':' {
-                return Err(Bail);
+            // Compact input has the colon right after the name.
+            if self.b.get(self.i) != Some(&b':') {
+                self.ws();
+                if self.peek()? != b':' {
+                    return Err(Bail);
+                }
             }
             self.i += 1;
             self.ws();
@@ -948,6 +982,12 @@ mod tests {
                     let want = naive(&c);
                     assert_eq!(super::first_special16(&c), want, "{c:?}");
                     assert_eq!(super::first_special16_swar(&c), want, "{c:?}");
+                    #[cfg(target_arch = "x86_64")]
+                    assert_eq!(
+                        super::plain_end16(&c),
+                        want.filter(|&p| c[p] == b'"'),
+                        "{c:?}"
+                    );
                     checked += 1;
                 }
             }
