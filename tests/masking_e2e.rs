@@ -1328,3 +1328,39 @@ async fn upstream_headers_are_allowlisted_on_masked_routes() {
     );
     assert!(dana.header("set-cookie").is_some());
 }
+
+#[tokio::test]
+async fn concurrent_large_bodies_are_all_masked() {
+    // Above the blocking threshold (256 KiB), more at once than there are masking slots
+    // (one per core): every response waits its turn and comes back whole and masked.
+    let h = Harness::start().await;
+    let mut doc = patient_list();
+    let one = doc["patients"].as_array().unwrap().clone();
+    let many: Vec<Value> = one.iter().cycle().take(one.len() * 300).cloned().collect();
+    doc["patients"] = Value::Array(many);
+    let raw = doc.to_string();
+    assert!(raw.len() > 300 << 10, "{} bytes", raw.len());
+    h.upstream.script(Script::json(&doc));
+    let p = "/api/patients";
+    let replies = tokio::join!(
+        h.get_as(Some(BOB), p),
+        h.get_as(Some(BOB), p),
+        h.get_as(Some(BOB), p),
+        h.get_as(Some(BOB), p),
+        h.get_as(Some(BOB), p),
+        h.get_as(Some(BOB), p),
+    );
+    for r in [
+        replies.0, replies.1, replies.2, replies.3, replies.4, replies.5,
+    ] {
+        assert_eq!(
+            r.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&r.body[..200.min(r.body.len())])
+        );
+        assert_absent(&r.body, PLANTED, "large masked list");
+        let v = r.json();
+        assert_eq!(v["patients"].as_array().unwrap().len(), one.len() * 300);
+    }
+}
