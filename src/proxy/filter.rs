@@ -20,16 +20,16 @@ use crate::masking::{FieldSet, MaskReport};
 /// Bodies above this size are masked on a blocking thread, not on the reactor.
 const BLOCKING_THRESHOLD: usize = 256 * 1024;
 
-/// Large bodies masked at once: one per core. More only share the cores, and each holds
-/// a fresh output buffer while it waits for one: at 64 concurrent 1 MB responses that
-/// thrashed the caches and faulted in new pages (CPU per masked request 2.6x passthrough
-/// instead of 2.3x). Waiting for a slot is async: no thread is held.
+/// Large bodies masked at once: one per core. Unbounded, every masker shared the cores
+/// with its own fresh output buffer: at 64 concurrent 1 MB responses that thrashed the
+/// caches and faulted in new pages (CPU per masked request 2.6x passthrough instead of
+/// 2.3x). Waiting for a slot is async: no thread is held.
 fn large_mask_slots() -> Arc<tokio::sync::Semaphore> {
     static SLOTS: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
     SLOTS
         .get_or_init(|| {
-            let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-            Arc::new(tokio::sync::Semaphore::new(n))
+            let cores = crate::server::workers::resolve_count(0);
+            Arc::new(tokio::sync::Semaphore::new(cores))
         })
         .clone()
 }
