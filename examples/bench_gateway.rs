@@ -8,6 +8,13 @@
 //!       Users: full@bench.example (full access) and anon@bench.example (anonymized).
 //!       Prints one JSON line {addr, pid, ca, token_full, token_anon} and serves until killed.
 //!
+//!   bench_gateway floor [--dir D] [--listen 127.0.0.1:0] [--upstream 127.0.0.1:18080]
+//!       The floor of the stack phigate is built on: a bare hyper 1.x + tokio-rustls reverse
+//!       proxy with nothing of phigate's (no auth, routing, header rules, audit, timers),
+//!       one current-thread runtime per core, one upstream connection per client
+//!       connection. Same TLS setup and JSON line as `serve`. What phigate costs above this
+//!       is phigate's; what this costs above nginx is the stack's.
+//!
 //!   bench_gateway idle --addr A --ca FILE --token T [--conns 1000] [--hold 5] [--pid PID]
 //!       Opens N TLS keep-alive connections, makes one request on each, then holds them idle
 //!       and prints the gateway's VmRSS (of --pid) before and while they are held (JSON).
@@ -97,6 +104,9 @@ fn main() {
         b.worker_threads(1);
     }
     let rt = b.build().expect("runtime");
+    if cmd == "floor" {
+        return floor(a);
+    }
     match cmd.as_str() {
         "serve" => rt.block_on(serve(a)),
         "idle" => rt.block_on(idle(a)),
@@ -283,4 +293,81 @@ async fn idle(a: HashMap<String, String>) {
     });
     println!("{out}");
     drop(held);
+}
+
+/// `floor`: see the module doc.
+fn floor(a: HashMap<String, String>) {
+    let dir = PathBuf::from(a.get("dir").map_or("/tmp/phigate-floor", String::as_str));
+    std::fs::create_dir_all(&dir).expect("floor dir");
+    let pki = phigate::server::tls::DevPki::generate().expect("dev PKI");
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let tls = phigate::server::tls::server_config_from_pem(&pki.cert_pem, &pki.key_pem)
+        .expect("tls config");
+    let mut tls = (*tls).clone();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let upstream: std::net::SocketAddr = a
+        .get("upstream")
+        .map_or("127.0.0.1:18080", String::as_str)
+        .parse()
+        .unwrap_or_else(|_| die("bad --upstream"));
+    let listener =
+        std::net::TcpListener::bind(a.get("listen").map_or("127.0.0.1:0", String::as_str))
+            .unwrap_or_else(|e| die(&format!("bind: {e}")));
+    listener.set_nonblocking(true).unwrap();
+    let info = serde_json::json!({
+        "addr": listener.local_addr().unwrap().to_string(),
+        "pid": std::process::id(),
+        "ca": ca,
+        "token_full": "none",
+        "token_anon": "none",
+    });
+    println!("{info}");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads: Vec<_> = (0..cores)
+        .map(|_| {
+            let l = listener.try_clone().expect("listener clone");
+            let acceptor = acceptor.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(async move {
+                    let l = tokio::net::TcpListener::from_std(l).expect("listener");
+                    while let Ok((tcp, _)) = l.accept().await {
+                        let _ = tcp.set_nodelay(true);
+                        tokio::spawn(floor_connection(tcp, acceptor.clone(), upstream));
+                    }
+                })
+            })
+        })
+        .collect();
+    for t in threads {
+        let _ = t.join();
+    }
+}
+
+async fn floor_connection(
+    tcp: tokio::net::TcpStream,
+    acceptor: tokio_rustls::TlsAcceptor,
+    upstream: std::net::SocketAddr,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    use hyper_util::rt::TokioIo;
+    let tls = acceptor.accept(tcp).await?;
+    let up = tokio::net::TcpStream::connect(upstream).await?;
+    up.set_nodelay(true)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(up)).await?;
+    tokio::spawn(conn);
+    // HTTP/1.1: one request at a time per connection, so this lock never waits.
+    let sender = Arc::new(std::sync::Mutex::new(sender));
+    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let sent = sender.lock().unwrap().send_request(req);
+        async move { sent.await }
+    });
+    hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(tls), svc)
+        .await?;
+    Ok(())
 }

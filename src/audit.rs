@@ -48,6 +48,149 @@ struct RequestRecord<'a> {
     latency_ms: f64,
 }
 
+impl RequestRecord<'_> {
+    /// The same line serde would write for this record (a test holds the two equal),
+    /// written by hand: this runs for every request, and serde's escaping looks at each
+    /// byte on its own while these strings almost never need any.
+    fn write_json(&self, out: &mut Vec<u8>) {
+        let opt = |out: &mut Vec<u8>, v: Option<&str>| match v {
+            Some(v) => json_str(out, v),
+            None => out.extend_from_slice(b"null"),
+        };
+        out.extend_from_slice(b"{\"type\":");
+        json_str(out, self.kind);
+        out.extend_from_slice(b",\"ts\":");
+        json_str(out, &self.ts);
+        out.extend_from_slice(b",\"request_id\":");
+        json_str(out, self.request_id);
+        out.extend_from_slice(b",\"user\":");
+        opt(out, self.user);
+        out.extend_from_slice(b",\"data_access\":");
+        opt(out, self.data_access);
+        out.extend_from_slice(b",\"route\":");
+        opt(out, self.route);
+        out.extend_from_slice(b",\"method\":");
+        json_str(out, self.method);
+        out.extend_from_slice(b",\"path\":");
+        opt(out, self.path);
+        out.extend_from_slice(b",\"required\":");
+        match &self.required {
+            Some(r) => json_list(out, r.0.iter(), |out, p| json_str(out, p.as_str())),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"decision\":");
+        json_str(out, self.decision);
+        out.extend_from_slice(b",\"reason\":");
+        json_str(out, self.reason);
+        out.extend_from_slice(b",\"granted_by\":");
+        let granted = self.granted_by.0.iter().filter_map(|v| match v {
+            PermissionVerdict::Granted {
+                permission, source, ..
+            } => Some((permission, source)),
+            _ => None,
+        });
+        json_list(out, granted, |out, (permission, source)| {
+            out.extend_from_slice(b"{\"permission\":");
+            json_str(out, permission);
+            out.extend_from_slice(b",\"source\":");
+            match source {
+                crate::access::Source::Role { role, policy } => {
+                    json_str_parts(out, &["role ", role, " -> policy ", policy])
+                }
+                crate::access::Source::Policy { policy } => {
+                    json_str_parts(out, &["policy ", policy])
+                }
+                crate::access::Source::InlineAllow => json_str(out, "inline allow"),
+            }
+            out.push(b'}');
+        });
+        out.extend_from_slice(b",\"masked_count\":");
+        match self.masked_count {
+            Some(n) => json_uint(out, n as u64),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"masked_paths\":");
+        match self.masked_paths {
+            Some(paths) => json_list(out, paths.iter(), |out, p| json_str(out, p)),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"masked_paths_truncated\":");
+        out.extend_from_slice(if self.masked_paths_truncated {
+            b"true"
+        } else {
+            b"false"
+        });
+        out.extend_from_slice(b",\"status\":");
+        json_uint(out, self.status.into());
+        out.extend_from_slice(b",\"upstream_status\":");
+        match self.upstream_status {
+            Some(s) => json_uint(out, s.into()),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"latency_ms\":");
+        // A finite number always serializes.
+        let _ = serde_json::to_writer(&mut *out, &self.latency_ms);
+        out.push(b'}');
+    }
+}
+
+/// `s` as a JSON string, escaped exactly as serde_json does (only `"`, `\` and control
+/// characters need it). The check has no early exit, so it runs over whole vectors.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    json_str_parts(out, &[s]);
+}
+
+/// The concatenation of `parts` as one JSON string.
+fn json_str_parts(out: &mut Vec<u8>, parts: &[&str]) {
+    let plain = parts.iter().all(|p| {
+        p.bytes()
+            .fold(false, |bad, c| {
+                bad | (c < 0x20) | (c == b'"') | (c == b'\\')
+            })
+            .eq(&false)
+    });
+    if plain {
+        out.reserve(parts.iter().map(|p| p.len()).sum::<usize>() + 2);
+        out.push(b'"');
+        for p in parts {
+            out.extend_from_slice(p.as_bytes());
+        }
+        out.push(b'"');
+    } else {
+        // A String always serializes.
+        let _ = serde_json::to_writer(&mut *out, &parts.concat());
+    }
+}
+
+fn json_list<T>(
+    out: &mut Vec<u8>,
+    items: impl Iterator<Item = T>,
+    mut each: impl FnMut(&mut Vec<u8>, T),
+) {
+    out.push(b'[');
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        each(out, item);
+    }
+    out.push(b']');
+}
+
+fn json_uint(out: &mut Vec<u8>, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
 /// The route's required permissions, serialized straight from the route.
 struct Required<'a>(&'a [crate::access::Permission]);
 
@@ -224,6 +367,11 @@ impl AuditLog {
 
     /// Appends one record; it is written within about `BATCH_WINDOW`.
     pub fn write<T: Serialize + ?Sized>(&self, record: &T) {
+        self.append(|buf| serde_json::to_writer(buf, record).map_err(|_| ()));
+    }
+
+    /// Appends the record `put` serializes (without its newline).
+    fn append(&self, put: impl FnOnce(&mut Vec<u8>) -> Result<(), ()>) {
         let sh = &*self.shared;
         if self.discard {
             // Discard: counted, never serialized.
@@ -243,7 +391,7 @@ impl AuditLog {
             return;
         }
         let mark = st.buf.len();
-        if serde_json::to_writer(&mut st.buf, record).is_err() {
+        if put(&mut st.buf).is_err() {
             st.buf.truncate(mark);
             drop(st);
             sh.failures.fetch_add(1, Ordering::Relaxed);
@@ -285,7 +433,11 @@ impl AuditLog {
     }
 
     pub fn request(&self, ctx: &RequestCtx, status: StatusCode, refusal: Option<&GatewayError>) {
-        self.write(&request_record(ctx, status, refusal));
+        let rec = request_record(ctx, status, refusal);
+        self.append(|buf| {
+            rec.write_json(buf);
+            Ok(())
+        });
     }
     /// One record per rules reload, successful or not.
     pub fn reload(&self, trigger: &str, outcome: Result<(&str, u64), &str>) {
@@ -424,6 +576,88 @@ pub fn rfc3339(secs: u64, millis: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::{AuditLog, AuditSink};
+
+    /// The hand-written line is byte for byte serde's, with and without the optional
+    /// parts, for plain strings and for every character that needs escaping.
+    #[test]
+    fn hand_written_request_record_equals_serde() {
+        use crate::access::{Permission, PermissionVerdict, Source};
+        let odd = "a\"b\\c\u{1}d\ne\u{7f}é\u{2028}";
+        let required = vec![
+            Permission::parse("cdp:patient:view").unwrap(),
+            Permission::parse("report:export").unwrap(),
+        ];
+        let verdicts = vec![
+            PermissionVerdict::Granted {
+                permission: "cdp:patient:view".into(),
+                pattern: "cdp:*".into(),
+                source: Source::Role {
+                    role: odd.into(),
+                    policy: "patient-read".into(),
+                },
+                phi: true,
+            },
+            PermissionVerdict::NotGranted {
+                permission: "x:y".into(),
+            },
+            PermissionVerdict::Granted {
+                permission: odd.into(),
+                pattern: "*".into(),
+                source: Source::Policy {
+                    policy: "everything".into(),
+                },
+                phi: false,
+            },
+            PermissionVerdict::Granted {
+                permission: "report:export".into(),
+                pattern: "report:export".into(),
+                source: Source::InlineAllow,
+                phi: false,
+            },
+        ];
+        let paths = vec!["$['patients'][0]['ssn']".to_string(), odd.to_string()];
+        // Each character that needs escaping on its own, then none that does.
+        let texts = [
+            "a\"b",
+            "a\\b",
+            "a\u{0}b",
+            "\n",
+            "x\u{1f}",
+            "é\u{7f}\u{2028}",
+            odd,
+            "",
+        ];
+        let cases = texts.iter().flat_map(|t| [(*t, true), (*t, false)]);
+        for (text, full) in cases {
+            let rec = super::RequestRecord {
+                kind: "request",
+                ts: "2026-12-05T16:00:00.123Z".into(),
+                request_id: text,
+                user: full.then_some(text),
+                data_access: full.then_some("anonymized"),
+                route: full.then_some("patients"),
+                method: "GET",
+                path: full.then_some(text),
+                required: full.then_some(super::Required(&required)),
+                decision: "allow",
+                reason: "granted",
+                granted_by: super::GrantedBy(if full { &verdicts } else { &[] }),
+                masked_count: full.then_some(1234),
+                masked_paths: full.then_some(paths.as_slice()),
+                masked_paths_truncated: full,
+                status: if full { 200 } else { 503 },
+                upstream_status: full.then_some(u16::MAX),
+                latency_ms: if full { 0.1 + 0.2 } else { 1234.5 },
+            };
+            let mut hand = Vec::new();
+            rec.write_json(&mut hand);
+            let serde = serde_json::to_vec(&rec).unwrap();
+            assert_eq!(
+                String::from_utf8(hand).unwrap(),
+                String::from_utf8(serde).unwrap()
+            );
+        }
+    }
 
     fn lines(p: &std::path::Path) -> Vec<serde_json::Value> {
         std::fs::read_to_string(p)
