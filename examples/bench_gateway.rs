@@ -363,8 +363,7 @@ async fn floor_connection(
     // HTTP/1.1: one request at a time per connection, so this lock never waits.
     let sender = Arc::new(std::sync::Mutex::new(sender));
     let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        let sent = sender.lock().unwrap().send_request(req);
-        async move { sent.await }
+        sender.lock().unwrap().send_request(req)
     });
     hyper::server::conn::http1::Builder::new()
         .serve_connection(TokioIo::new(tls), svc)
