@@ -223,6 +223,8 @@ fn set_masked_headers(h: &mut HeaderMap, passthrough_headers: &[String]) {
 pub struct Filtered {
     pub response: Response<Body>,
     pub report: Option<MaskReport>,
+    /// The upstream body was read to its end here (its connection can serve again).
+    pub body_read_whole: bool,
 }
 
 pub struct MaskJob<'a> {
@@ -268,6 +270,7 @@ impl MaskJob<'_> {
             return Ok(Filtered {
                 response: Response::from_parts(parts, crate::error::empty_body()),
                 report: None,
+                body_read_whole: body.is_end_stream(),
             });
         }
         match kind {
@@ -289,6 +292,7 @@ impl MaskJob<'_> {
                         body.map_err(BoxError::from).boxed_unsync(),
                     ),
                     report: None,
+                    body_read_whole: false,
                 })
             }
             BodyKind::Json => {
@@ -328,6 +332,7 @@ impl MaskJob<'_> {
                 Ok(Filtered {
                     response: Response::from_parts(parts, full_body(out)),
                     report: Some(report),
+                    body_read_whole: true,
                 })
             }
             BodyKind::Ndjson => {
@@ -337,7 +342,8 @@ impl MaskJob<'_> {
                     super::headers::X_PHIGATE_MASKED,
                     HeaderValue::from_static("stream"),
                 );
-                let body: Body = if coding == Coding::Identity {
+                let streamed = coding == Coding::Identity;
+                let body: Body = if streamed {
                     NdjsonMasker::new(
                         body.map_err(BoxError::from).boxed_unsync(),
                         self.set.clone(),
@@ -367,6 +373,7 @@ impl MaskJob<'_> {
                 Ok(Filtered {
                     response: Response::from_parts(parts, body),
                     report: None,
+                    body_read_whole: !streamed,
                 })
             }
         }

@@ -307,8 +307,8 @@ impl Gateway {
         *out.headers_mut() = headers;
         *out.version_mut() = Version::HTTP_11;
 
-        let sent = tokio::time::timeout(us.timeout, upstream.client().request(out)).await;
-        let resp = match sent {
+        let sent = tokio::time::timeout(us.timeout, upstream.send(out)).await;
+        let (resp, lease) = match sent {
             _ if too_large.load(Ordering::Relaxed) => return Err(GatewayError::PayloadTooLarge),
             Err(_) => return Err(GatewayError::UpstreamTimeout),
             Ok(Err(e)) => {
@@ -340,11 +340,9 @@ impl Gateway {
                         "reason": why,
                     }));
                 });
-                Ok(
-                    resp.map(|b| {
-                        upstream::WatchedBody::new(b, us.timeout, on_abort).boxed_unsync()
-                    }),
-                )
+                Ok(resp.map(|b| {
+                    upstream::WatchedBody::new(b, us.timeout, on_abort, lease).boxed_unsync()
+                }))
             }
             Some(set) => {
                 let job = filter::MaskJob {
@@ -360,6 +358,10 @@ impl Gateway {
                 let filtered = tokio::time::timeout(us.timeout, job.run(resp))
                     .await
                     .map_err(|_| GatewayError::UpstreamTimeout)??;
+                // `run` read the body to its end (or streams it: then it is not given back).
+                if let Some(l) = lease.filter(|_| filtered.body_read_whole) {
+                    l.give_back();
+                }
                 ctx.masked = filtered.report;
                 Ok(filtered.response)
             }

@@ -1,7 +1,12 @@
-//! Pooled clients to the upstreams (HTTP/1.1 or h2, plain or TLS).
+//! Clients to the upstreams: HTTP/1.1 over a pool of our own (one idle list per connection
+//! worker), h2 over hyper-util's pooled client; plain or TLS either way.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -10,15 +15,24 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
 use crate::config::settings::UpstreamSettings;
-use crate::error::Body;
+use crate::error::{Body, BoxError};
 
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Body>;
+type Connector = HttpsConnector<HttpConnector>;
+
+/// An idle connection is closed after this long unused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle connections kept per worker; beyond this a returned connection is closed.
+const MAX_IDLE_PER_WORKER: usize = 1024;
 
 pub struct Upstream {
     pub settings: UpstreamSettings,
-    /// One pool per connection worker (slot 0: any other thread), so an upstream
-    /// connection is only ever driven by the worker whose requests use it.
-    clients: Vec<UpstreamClient>,
+    connector: Connector,
+    /// HTTP/1.1: one idle list per connection worker (slot 0: any other thread), so an
+    /// upstream connection is only ever driven by the worker whose requests use it.
+    idle: Vec<Arc<IdleList>>,
+    /// h2 upstreams only: one multiplexed connection serves many requests at once, which
+    /// is what hyper-util's pool is made for.
+    h2: Option<Client<Connector, Body>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -33,12 +47,51 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-impl Upstream {
-    /// The pool of the calling thread's worker.
-    pub fn client(&self) -> &UpstreamClient {
-        &self.clients[crate::server::workers::current_slot() % self.clients.len()]
+/// The idle HTTP/1.1 connections of one worker, most recently used last.
+#[derive(Default)]
+pub struct IdleList {
+    conns: Mutex<Vec<(http1::SendRequest<Body>, Instant)>>,
+}
+
+impl IdleList {
+    /// The most recently used connection that is still open and fresh; the others are
+    /// dropped (which closes them).
+    fn take(&self) -> Option<http1::SendRequest<Body>> {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some((c, since)) = conns.pop() {
+            if !c.is_closed() && since.elapsed() < IDLE_TIMEOUT {
+                return Some(c);
+            }
+        }
+        None
     }
 
+    fn put(&self, c: http1::SendRequest<Body>) {
+        if c.is_closed() {
+            return;
+        }
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        if conns.len() < MAX_IDLE_PER_WORKER {
+            conns.push((c, Instant::now()));
+        }
+    }
+}
+
+/// An HTTP/1.1 connection lent to one response: it goes back to its idle list only once
+/// that response's body has been read to its end, never after a failure or an abandoned
+/// body (then it is dropped, which closes it).
+pub struct Lease {
+    conn: http1::SendRequest<Body>,
+    list: Arc<IdleList>,
+}
+
+impl Lease {
+    pub fn give_back(self) {
+        self.list.put(self.conn);
+    }
+}
+
+impl Upstream {
     /// `slots`: one pool per connection worker plus one for other threads.
     pub fn new(s: &UpstreamSettings, slots: usize) -> Result<Upstream, UpstreamError> {
         let mut roots = rustls::RootCertStore::empty();
@@ -74,18 +127,91 @@ impl Upstream {
         } else {
             builder.enable_http1().wrap_connector(http)
         };
-        let mut client = Client::builder(TokioExecutor::new());
-        client
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(std::time::Duration::from_secs(60))
-            .http2_only(s.http2);
+        let h2 = s.http2.then(|| {
+            Client::builder(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .pool_timer(TokioTimer::new())
+                .pool_idle_timeout(IDLE_TIMEOUT)
+                .http2_only(true)
+                .build(connector.clone())
+        });
         Ok(Upstream {
             settings: s.clone(),
-            clients: (0..slots.max(1))
-                .map(|_| client.build(connector.clone()))
-                .collect(),
+            connector,
+            idle: (0..slots.max(1)).map(|_| Arc::default()).collect(),
+            h2,
         })
+    }
+
+    /// The idle list of the calling thread's worker.
+    fn idle_list(&self) -> &Arc<IdleList> {
+        &self.idle[crate::server::workers::current_slot() % self.idle.len()]
+    }
+
+    /// Sends `req` (its URI in absolute form) and returns the response head, with the
+    /// HTTP/1.1 connection lent to it. A request that was never written on a reused
+    /// connection (it closed in the meantime) is sent again on another.
+    pub async fn send(
+        &self,
+        mut req: Request<Body>,
+    ) -> Result<(Response<Incoming>, Option<Lease>), BoxError> {
+        if let Some(h2) = &self.h2 {
+            return Ok((h2.request(req).await?, None));
+        }
+        // HTTP/1.1 to an origin server: origin-form target, and a Host header.
+        let uri = req.uri().clone();
+        if !req.headers().contains_key(http::header::HOST) {
+            if let Some(a) = uri.authority() {
+                let host = http::HeaderValue::from_str(a.as_str())?;
+                req.headers_mut().insert(http::header::HOST, host);
+            }
+        }
+        *req.uri_mut() = uri
+            .path_and_query()
+            .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
+        let list = self.idle_list();
+        while let Some(mut conn) = list.take() {
+            if !conn.is_ready() && conn.ready().await.is_err() {
+                continue;
+            }
+            match conn.try_send_request(req).await {
+                Ok(resp) => {
+                    return Ok((
+                        resp,
+                        Some(Lease {
+                            conn,
+                            list: list.clone(),
+                        }),
+                    ))
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(back) => req = back,
+                    None => return Err(e.into_error().into()),
+                },
+            }
+        }
+        let mut conn = self.connect(&uri).await?;
+        let resp = conn.send_request(req).await?;
+        Ok((
+            resp,
+            Some(Lease {
+                conn,
+                list: list.clone(),
+            }),
+        ))
+    }
+
+    /// A new HTTP/1.1 connection, driven by a task on the calling worker.
+    async fn connect(&self, uri: &Uri) -> Result<http1::SendRequest<Body>, BoxError> {
+        let mut connector = self.connector.clone();
+        let io = tower_service::Service::call(&mut connector, uri.clone()).await?;
+        let (conn, driver) = http1::Builder::new().handshake(io).await?;
+        tokio::spawn(async move {
+            if let Err(e) = driver.await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(conn)
     }
 }
 
@@ -104,16 +230,26 @@ pub struct WatchedBody {
     /// A frame arrived since the timer was last (re)armed.
     progressed: bool,
     on_abort: Option<OnAbort>,
+    /// The connection the body comes over, given back once the body has been read whole.
+    lease: Option<Lease>,
+    finished: bool,
 }
 
 impl WatchedBody {
-    pub fn new(inner: hyper::body::Incoming, idle: std::time::Duration, on_abort: OnAbort) -> Self {
+    pub fn new(
+        inner: hyper::body::Incoming,
+        idle: std::time::Duration,
+        on_abort: OnAbort,
+        lease: Option<Lease>,
+    ) -> Self {
         WatchedBody {
             inner,
             idle,
             timer: None,
             progressed: false,
             on_abort: Some(on_abort),
+            lease,
+            finished: false,
         }
     }
 
@@ -139,6 +275,10 @@ impl http_body::Body for WatchedBody {
             Poll::Ready(Some(Ok(f))) => {
                 // Progress: the stall clock starts again at the next wait.
                 this.progressed = true;
+                if this.inner.is_end_stream() {
+                    this.on_abort = None;
+                    this.finished = true;
+                }
                 Poll::Ready(Some(Ok(f)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -147,6 +287,7 @@ impl http_body::Body for WatchedBody {
             }
             Poll::Ready(None) => {
                 this.on_abort = None;
+                this.finished = true;
                 Poll::Ready(None)
             }
             Poll::Pending => {
@@ -178,5 +319,16 @@ impl http_body::Body for WatchedBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl Drop for WatchedBody {
+    fn drop(&mut self) {
+        // A body with nothing to read (HEAD, 204, 304, empty) may never be polled.
+        if self.finished || http_body::Body::is_end_stream(&self.inner) {
+            if let Some(l) = self.lease.take() {
+                l.give_back();
+            }
+        }
     }
 }

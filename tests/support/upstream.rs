@@ -111,6 +111,8 @@ pub struct Echo {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
     script: Arc<Mutex<Option<Script>>>,
+    /// Connections accepted so far.
+    connections: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Echo {
@@ -130,11 +132,14 @@ impl Echo {
         let script: Arc<Mutex<Option<Script>>> = Arc::default();
         let record = seen.clone();
         let scripted = script.clone();
+        let connections: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let accepted = connections.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
+                accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let record = record.clone();
                 let scripted = scripted.clone();
                 let tls = tls.clone();
@@ -159,7 +164,17 @@ impl Echo {
                 });
             }
         });
-        Echo { addr, seen, script }
+        Echo {
+            addr,
+            seen,
+            script,
+            connections,
+        }
+    }
+
+    /// Connections the gateway opened to this upstream so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// From now on, answer every request with this script.
