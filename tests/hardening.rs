@@ -799,3 +799,43 @@ async fn certificate_and_key_reload_without_restart() {
     assert!(reloads.iter().any(|r| r["outcome"] == "applied"), "{log}");
     assert!(reloads.iter().any(|r| r["outcome"] == "refused"), "{log}");
 }
+
+/// The protocol is chosen once, by ALPN: http/1.1 and no ALPN at all get HTTP/1.1 (as
+/// wrk and older clients send), h2 gets h2; an h2 preface without ALPN h2 is not HTTP/2.
+#[tokio::test]
+async fn alpn_alone_picks_the_protocol() {
+    let h = Harness::start().await;
+    let token = h.token(DPO);
+    let get = format!(
+        "GET /api/reports HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {token}\r\n\r\n"
+    );
+    let no_alpn = {
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client_tls(&h.pki.ca_pem, &[])));
+        let tcp = TcpStream::connect(h.gateway.addr).await.unwrap();
+        connector
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap()
+    };
+    assert_eq!(no_alpn.get_ref().1.alpn_protocol(), None);
+    for mut tls in [tls_connect(&h, b"http/1.1").await, no_alpn] {
+        // Two requests on the connection: keep-alive works on either.
+        for _ in 0..2 {
+            tls.write_all(get.as_bytes()).await.unwrap();
+            let resp = read_h1_response(&mut tls, Duration::from_secs(5))
+                .await
+                .expect("an HTTP/1.1 response");
+            assert_eq!(raw_status(&resp), 200, "{resp}");
+        }
+    }
+    // The h2 preface on an HTTP/1.1 connection is refused, not sniffed into h2.
+    let mut tls = tls_connect(&h, b"http/1.1").await;
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut buf)).await;
+    assert!(!buf.starts_with(&[0, 0]), "no h2 SETTINGS frame came back");
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.is_empty() || text.starts_with("HTTP/1.1 4"), "{text}");
+}

@@ -164,7 +164,8 @@ pub struct AccessModel {
     pub user_order: Vec<String>,
     pub defaults: UserEntry,
     pub dpo: String,
-    cache: moka::sync::Cache<String, Arc<Resolved>>,
+    /// foldhash: keys are user names from verified tokens only.
+    cache: moka::sync::Cache<String, Arc<Resolved>, foldhash::fast::RandomState>,
 }
 
 impl AccessModel {
@@ -184,7 +185,9 @@ impl AccessModel {
             defaults,
             dpo,
             // Bounded: unlisted callers are resolved from the defaults and cached too.
-            cache: moka::sync::Cache::new(100_000),
+            cache: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .build_with_hasher(foldhash::fast::RandomState::default()),
         }
     }
 

@@ -65,7 +65,9 @@ pub struct JwtVerifier {
     sole: Option<Arc<Key>>,
     user_claim: String,
     leeway: u64,
-    cache: moka::sync::Cache<String, Arc<Identity>>,
+    /// foldhash (seeded per process): keys are only tokens that verified, and SipHash over
+    /// a ~500-byte token cost more than the rest of the lookup.
+    cache: moka::sync::Cache<String, Arc<Identity>, foldhash::fast::RandomState>,
 }
 
 /// Entries expire at the token's own `exp`.
@@ -236,7 +238,7 @@ impl JwtVerifier {
             cache: moka::sync::Cache::builder()
                 .max_capacity(s.cache_size)
                 .expire_after(ExpireAtExp)
-                .build(),
+                .build_with_hasher(foldhash::fast::RandomState::default()),
         })
     }
 

@@ -50,7 +50,7 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// The idle HTTP/1.1 connections of one worker, most recently used last.
 #[derive(Default)]
 pub struct IdleList {
-    conns: Mutex<Vec<(http1::SendRequest<Body>, Instant)>>,
+    conns: Mutex<std::collections::VecDeque<(http1::SendRequest<Body>, Instant)>>,
 }
 
 impl IdleList {
@@ -58,7 +58,7 @@ impl IdleList {
     /// dropped (which closes them).
     fn take(&self) -> Option<http1::SendRequest<Body>> {
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some((c, since)) = conns.pop() {
+        while let Some((c, since)) = conns.pop_back() {
             if !c.is_closed() && since.elapsed() < IDLE_TIMEOUT {
                 return Some(c);
             }
@@ -71,8 +71,16 @@ impl IdleList {
             return;
         }
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        // The oldest come first: close those the upstream closed or that idled too long,
+        // so a burst's connections do not linger once traffic falls.
+        while conns
+            .front()
+            .is_some_and(|(c, since)| c.is_closed() || since.elapsed() >= IDLE_TIMEOUT)
+        {
+            conns.pop_front();
+        }
         if conns.len() < MAX_IDLE_PER_WORKER {
-            conns.push((c, Instant::now()));
+            conns.push_back((c, Instant::now()));
         }
     }
 }

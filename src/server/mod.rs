@@ -15,7 +15,6 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
@@ -99,7 +98,8 @@ pub async fn serve(
                         return;
                     }
                 };
-            serve_connection(stream, peer, gateway, &limits, shutdown).await;
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            serve_connection(stream, peer, gateway, &limits, shutdown, h2).await;
         });
     }
     drop(listener);
@@ -121,7 +121,8 @@ async fn serve_connection<I>(
     peer: SocketAddr,
     gateway: Arc<Gateway>,
     limits: &Limits,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
+    h2: bool,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -139,20 +140,26 @@ async fn serve_connection<I>(
             Ok::<_, std::convert::Infallible>(resp.map(|body| GuardedBody { body, guard }))
         }
     });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
     // Heads between the gateway's own limits and twice them get the gateway's 431 with a
     // problem body and an audit record; beyond that hyper and h2 refuse them on their own
     // (431 as well) before anything is buffered further.
     let head_cap = (limits.max_header_bytes as usize).saturating_mul(2);
+    if !h2 {
+        // The protocol is fixed once, by ALPN (h2 over TLS requires it, RFC 9113 3.2): no
+        // version sniffing, and no replay buffer in front of every read.
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_headers(limits.max_headers.saturating_mul(2))
+            .max_buf_size(head_cap.max(64 << 10))
+            .keep_alive(true);
+        let conn = builder.serve_connection(TokioIo::new(io), svc);
+        drive(conn, peer, &activity, limits.idle_timeout, shutdown).await;
+        return;
+    }
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_headers(limits.max_headers.saturating_mul(2))
-        .max_buf_size(head_cap.max(64 << 10))
-        .keep_alive(true);
-    builder
-        .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.h2_max_concurrent_streams)
         .max_header_list_size(head_cap.min(u32::MAX as usize) as u32)
@@ -163,8 +170,22 @@ async fn serve_connection<I>(
         .keep_alive_interval(Some(limits.idle_timeout / 2))
         .keep_alive_timeout(limits.idle_timeout);
     let conn = builder.serve_connection(TokioIo::new(io), svc);
+    drive(conn, peer, &activity, limits.idle_timeout, shutdown).await;
+}
+
+/// Runs one connection to its end: closes it gracefully on shutdown or after `idle` with
+/// no request in flight.
+async fn drive<C>(
+    conn: C,
+    peer: SocketAddr,
+    activity: &Activity,
+    idle: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    C: hyper_util::server::graceful::GracefulConnection,
+    C::Error: std::fmt::Display,
+{
     tokio::pin!(conn);
-    let idle = limits.idle_timeout;
     let mut closing = *shutdown.borrow();
     if closing {
         conn.as_mut().graceful_shutdown();
