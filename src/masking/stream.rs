@@ -36,7 +36,7 @@ type R<T> = Result<T, Bail>;
 
 #[derive(Clone, Copy)]
 enum PStep<'a> {
-    Key(&'a [u8]),
+    Key(&'a str),
     Index(usize),
 }
 
@@ -385,12 +385,7 @@ impl<'a> Stream<'_, '_, 'a> {
             s.push('$');
             for st in path {
                 match *st {
-                    // Always valid (a slice between two quotes of UTF-8 text); `from_utf8`
-                    // is the cheaper check.
-                    PStep::Key(k) => match std::str::from_utf8(k) {
-                        Ok(k) => push_name(&mut s, k),
-                        Err(_) => push_name(&mut s, &String::from_utf8_lossy(k)),
-                    },
+                    PStep::Key(k) => push_name(&mut s, k),
                     PStep::Index(i) => push_index(&mut s, i),
                 }
             }
@@ -839,8 +834,11 @@ impl<'a> Stream<'_, '_, 'a> {
             if escaped {
                 return Err(Bail);
             }
-            // Bytes, not str: names are compared and hashed, rarely needed as text.
-            let k: &'a [u8] = &self.b[ks + 1..ke - 1];
+            // A slice of the text between two quotes: always on character boundaries, so
+            // `get` checks two bytes where `from_utf8` would scan the name at every use.
+            let name: &'a str = self.text.get(ks + 1..ke - 1).ok_or(Bail)?;
+            // Bytes: names are compared and hashed, rarely needed as text.
+            let k: &'a [u8] = name.as_bytes();
             let (h, child, key_bits) = self.member(depth, pos, state, k, has_keys)?;
             pos += 1;
             self.check_duplicate(depth, k, h)?;
@@ -853,7 +851,7 @@ impl<'a> Stream<'_, '_, 'a> {
             }
             self.i += 1;
             self.ws();
-            self.path.push(PStep::Key(k));
+            self.path.push(PStep::Key(name));
             let removed = self.value(child, depth + 1, key_bits)?;
             self.path.pop();
             if removed {
