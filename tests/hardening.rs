@@ -19,7 +19,7 @@ use crate::support::{client_tls, raw_status, Harness, Options};
 
 pub const DPO: &str = "dana@clinic.example";
 
-/// A TLS connection to the gateway with the given ALPN.
+/// A TLS connection to the gateway with the given ALPN (empty: none offered).
 pub async fn tls_connect(h: &Harness, alpn: &[u8]) -> TlsStream<TcpStream> {
     tls_connect_ca(h.gateway.addr, &h.pki.ca_pem, alpn)
         .await
@@ -31,7 +31,8 @@ pub async fn tls_connect_ca(
     ca_pem: &str,
     alpn: &[u8],
 ) -> std::io::Result<TlsStream<TcpStream>> {
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_tls(ca_pem, &[alpn])));
+    let offered: &[&[u8]] = if alpn.is_empty() { &[] } else { &[alpn] };
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_tls(ca_pem, offered)));
     let tcp = TcpStream::connect(addr).await?;
     connector
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
@@ -809,14 +810,7 @@ async fn alpn_alone_picks_the_protocol() {
     let get = format!(
         "GET /api/reports HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {token}\r\n\r\n"
     );
-    let no_alpn = {
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(client_tls(&h.pki.ca_pem, &[])));
-        let tcp = TcpStream::connect(h.gateway.addr).await.unwrap();
-        connector
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
-            .await
-            .unwrap()
-    };
+    let no_alpn = tls_connect(&h, b"").await;
     assert_eq!(no_alpn.get_ref().1.alpn_protocol(), None);
     for mut tls in [tls_connect(&h, b"http/1.1").await, no_alpn] {
         // Two requests on the connection: keep-alive works on either.

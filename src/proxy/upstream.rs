@@ -178,20 +178,21 @@ impl Upstream {
             .path_and_query()
             .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
         let list = self.idle_list();
+        let lease = |conn| {
+            Some(Lease {
+                conn,
+                list: list.clone(),
+            })
+        };
         while let Some(mut conn) = list.take() {
-            if !conn.is_ready() && conn.ready().await.is_err() {
+            // Not ready: it still carries an earlier exchange (a request body the upstream
+            // answered before reading it whole). Waiting on it would tie this request to
+            // that one, so it is left to finish and close on its own.
+            if !conn.is_ready() {
                 continue;
             }
             match conn.try_send_request(req).await {
-                Ok(resp) => {
-                    return Ok((
-                        resp,
-                        Some(Lease {
-                            conn,
-                            list: list.clone(),
-                        }),
-                    ))
-                }
+                Ok(resp) => return Ok((resp, lease(conn))),
                 Err(mut e) => match e.take_message() {
                     Some(back) => req = back,
                     None => return Err(e.into_error().into()),
@@ -200,13 +201,7 @@ impl Upstream {
         }
         let mut conn = self.connect(&uri).await?;
         let resp = conn.send_request(req).await?;
-        Ok((
-            resp,
-            Some(Lease {
-                conn,
-                list: list.clone(),
-            }),
-        ))
+        Ok((resp, lease(conn)))
     }
 
     /// A new HTTP/1.1 connection, driven by a task on the calling worker.
