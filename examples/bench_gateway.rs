@@ -91,7 +91,7 @@ fn die(msg: &str) -> ! {
 
 // The allocator of the `phigate` binary (see src/main.rs), so the bench measures what runs.
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: phigate::server::memory::Allocator = phigate::server::memory::Allocator;
 
 fn main() {
     phigate::server::memory::disable_transparent_huge_pages();

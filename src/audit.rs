@@ -40,6 +40,9 @@ struct RequestRecord<'a> {
     decision: &'static str,
     reason: &'static str,
     granted_by: GrantedBy<'a>,
+    /// `granted_by` already rendered (`granted_by_json`), when the caller keeps it.
+    #[serde(skip)]
+    granted_json: Option<&'a [u8]>,
     masked_count: Option<usize>,
     masked_paths: Option<&'a [String]>,
     masked_paths_truncated: bool,
@@ -83,27 +86,10 @@ impl RequestRecord<'_> {
         out.extend_from_slice(b",\"reason\":");
         json_str(out, self.reason);
         out.extend_from_slice(b",\"granted_by\":");
-        let granted = self.granted_by.0.iter().filter_map(|v| match v {
-            PermissionVerdict::Granted {
-                permission, source, ..
-            } => Some((permission, source)),
-            _ => None,
-        });
-        json_list(out, granted, |out, (permission, source)| {
-            out.extend_from_slice(b"{\"permission\":");
-            json_str(out, permission);
-            out.extend_from_slice(b",\"source\":");
-            match source {
-                crate::access::Source::Role { role, policy } => {
-                    json_str_parts(out, &["role ", role, " -> policy ", policy])
-                }
-                crate::access::Source::Policy { policy } => {
-                    json_str_parts(out, &["policy ", policy])
-                }
-                crate::access::Source::InlineAllow => json_str(out, "inline allow"),
-            }
-            out.push(b'}');
-        });
+        match self.granted_json {
+            Some(json) => out.extend_from_slice(json),
+            None => write_granted_by(out, self.granted_by.0),
+        }
         out.extend_from_slice(b",\"masked_count\":");
         match self.masked_count {
             Some(n) => json_uint(out, n as u64),
@@ -132,6 +118,36 @@ impl RequestRecord<'_> {
         let _ = serde_json::to_writer(&mut *out, &self.latency_ms);
         out.push(b'}');
     }
+}
+
+/// The audit record's `granted_by` list for `verdicts`, rendered once for a caller that is
+/// remembered across requests (`proxy::conn`).
+pub fn granted_by_json(verdicts: &[PermissionVerdict]) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_granted_by(&mut out, verdicts);
+    out
+}
+
+fn write_granted_by(out: &mut Vec<u8>, verdicts: &[PermissionVerdict]) {
+    let granted = verdicts.iter().filter_map(|v| match v {
+        PermissionVerdict::Granted {
+            permission, source, ..
+        } => Some((permission, source)),
+        _ => None,
+    });
+    json_list(out, granted, |out, (permission, source)| {
+        out.extend_from_slice(b"{\"permission\":");
+        json_str(out, permission);
+        out.extend_from_slice(b",\"source\":");
+        match source {
+            crate::access::Source::Role { role, policy } => {
+                json_str_parts(out, &["role ", role, " -> policy ", policy])
+            }
+            crate::access::Source::Policy { policy } => json_str_parts(out, &["policy ", policy]),
+            crate::access::Source::InlineAllow => json_str(out, "inline allow"),
+        }
+        out.push(b'}');
+    });
 }
 
 /// `s` as a JSON string, escaped exactly as serde_json does (only `"`, `\` and control
@@ -238,13 +254,14 @@ fn request_record<'a>(
     refusal: Option<&GatewayError>,
 ) -> RequestRecord<'a> {
     let route = ctx.route();
+    let caller = ctx.caller.as_deref();
     let masked = ctx.masked.as_ref();
     RequestRecord {
         kind: "request",
         ts: humantime_now(),
         request_id: &ctx.request_id,
-        user: ctx.identity.as_ref().map(|i| i.user.as_str()),
-        data_access: ctx.resolved.as_ref().map(|r| r.data_access.as_str()),
+        user: caller.map(|c| c.identity.user.as_str()),
+        data_access: caller.map(|c| c.resolved.data_access.as_str()),
         route: route.map(|r| r.name.as_str()),
         method: ctx.method.as_str(),
         path: ctx.canonical_path.as_deref(),
@@ -258,7 +275,8 @@ fn request_record<'a>(
             },
             |e| e.reason(),
         ),
-        granted_by: GrantedBy(&ctx.verdicts),
+        granted_by: GrantedBy(caller.map_or(&[], |c| c.verdicts.as_slice())),
+        granted_json: caller.map(|c| c.granted_json.as_slice()),
         masked_count: masked.map(|m| m.count),
         // The report keeps the first `MaskReport::MAX_PATHS` paths so one record stays one
         // reasonable line; the count is always whole.
@@ -627,8 +645,9 @@ mod tests {
             odd,
             "",
         ];
+        let rendered = super::granted_by_json(&verdicts);
         let cases = texts.iter().flat_map(|t| [(*t, true), (*t, false)]);
-        for (text, full) in cases {
+        for ((text, full), pre) in cases.flat_map(|c| [(c, false), (c, true)]) {
             let rec = super::RequestRecord {
                 kind: "request",
                 ts: "2026-12-05T16:00:00.123Z".into(),
@@ -642,6 +661,8 @@ mod tests {
                 decision: "allow",
                 reason: "granted",
                 granted_by: super::GrantedBy(if full { &verdicts } else { &[] }),
+                // The pre-rendered list stands for the same verdicts.
+                granted_json: (pre && full).then_some(rendered.as_slice()),
                 masked_count: full.then_some(1234),
                 masked_paths: full.then_some(paths.as_slice()),
                 masked_paths_truncated: full,

@@ -44,15 +44,29 @@ pub struct Authorization {
 /// without a field set, is refused: nobody said what to hide.
 pub fn authorize(rules: &RuleSnapshot, route: &Route, user: &str) -> Authorization {
     let (resolved, cache_hit) = rules.access.resolve_cached(user);
-    let verdicts = resolved.check(&route.require);
-    let outcome =
-        permit(route, &verdicts).and_then(|()| masking(rules, route, &resolved, &verdicts));
+    let (verdicts, outcome) = authorize_resolved(rules, route, &resolved);
     Authorization {
         resolved,
         verdicts,
         cache_hit,
         outcome,
     }
+}
+
+/// `authorize` for a caller already resolved: the verdicts and the outcome.
+#[allow(clippy::type_complexity)]
+pub fn authorize_resolved(
+    rules: &RuleSnapshot,
+    route: &Route,
+    resolved: &Resolved,
+) -> (
+    Vec<PermissionVerdict>,
+    Result<Option<Arc<FieldSet>>, GatewayError>,
+) {
+    let verdicts = resolved.check(&route.require);
+    let outcome =
+        permit(route, &verdicts).and_then(|()| masking(rules, route, resolved, &verdicts));
+    (verdicts, outcome)
 }
 
 fn permit(route: &Route, verdicts: &[PermissionVerdict]) -> Result<(), GatewayError> {

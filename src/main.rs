@@ -134,7 +134,7 @@ fn load(config: &Path) -> Result<(Settings, RuleSnapshot), ExitCode> {
 // faster for the many short-lived allocations of a request. Huge pages are turned off at
 // start (see `server::memory`), or idle connections would pin 2 MiB pages.
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: phigate::server::memory::Allocator = phigate::server::memory::Allocator;
 
 fn main() -> ExitCode {
     phigate::server::memory::disable_transparent_huge_pages();

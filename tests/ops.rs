@@ -430,3 +430,48 @@ async fn admin_explain_is_for_admins_only() {
         "{log}"
     );
 }
+
+/// A keep-alive connection remembers its last permitted caller (`proxy::conn`): what it
+/// remembers must never answer for another token, nor outlive a reload that revokes it.
+#[tokio::test]
+async fn a_remembered_caller_never_outlives_its_token_or_its_rules() {
+    use crate::hardening::{read_h1_response, tls_connect};
+    use tokio::io::AsyncWriteExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let rules = rules_dir_with(tmp.path(), &[]);
+    std::fs::write(rules.join("access.yaml"), access_mia_reads_patients()).unwrap();
+    let (h, _audit) = live(tmp.path(), rules.clone()).await;
+    let mia = h.token(MIA);
+    let stranger = h.token("stranger@clinic.example");
+    let mut tls = tls_connect(&h, b"http/1.1").await;
+    let mut status_on_this_connection = async |token: &str| -> u16 {
+        let req = format!(
+            "GET /api/patients HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\r\n"
+        );
+        tls.write_all(req.as_bytes()).await.unwrap();
+        let resp = read_h1_response(&mut tls, Duration::from_secs(5))
+            .await
+            .expect("a response on the kept-alive connection");
+        crate::support::raw_status(&resp)
+    };
+    assert_eq!(status_on_this_connection(&mia).await, 200);
+    assert_eq!(status_on_this_connection(&mia).await, 200);
+    // Another token on the same connection is judged on its own.
+    assert_eq!(status_on_this_connection(&stranger).await, 403);
+    assert_eq!(status_on_this_connection("not.a.token").await, 401);
+    assert_eq!(status_on_this_connection(&mia).await, 200);
+    // The grant is revoked: the same token on the same connection is refused.
+    std::fs::write(rules.join("access.yaml"), example("access.yaml")).unwrap();
+    let mut refused = false;
+    for _ in 0..40 {
+        if status_on_this_connection(&mia).await == 403 {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        refused,
+        "a revoked grant still answered on a kept-alive connection"
+    );
+}

@@ -83,7 +83,8 @@ impl moka::Expiry<String, Arc<Identity>> for ExpireAtExp {
     }
 }
 
-fn now_s() -> u64 {
+/// Seconds since the epoch, as token `exp` counts them.
+pub fn now_s() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

@@ -2,6 +2,7 @@
 //! the same per-request context: check -> route -> authenticate -> authorize -> forward ->
 //! filter response -> audit.
 
+pub mod conn;
 pub mod filter;
 pub mod headers;
 pub mod upstream;
@@ -15,9 +16,8 @@ use http::{header, HeaderValue, Method, Request, Response, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::access::{PermissionVerdict, Resolved};
 use crate::audit::AuditLog;
-use crate::auth::jwt::{Identity, JwtVerifier};
+use crate::auth::jwt::{AuthError, JwtVerifier};
 use crate::config::rules::{Route, RuleSnapshot};
 use crate::config::settings::Settings;
 use crate::decision;
@@ -25,6 +25,7 @@ use crate::error::{Body, GatewayError};
 use crate::masking::{FieldSet, MaskReport};
 use crate::routing::canonical::canonical_path;
 use crate::telemetry::Metrics;
+use conn::{Caller, Connection, Pinned};
 use upstream::Upstream;
 
 /// The shared state every request reads.
@@ -43,17 +44,13 @@ pub struct Gateway {
 pub struct RequestCtx {
     pub request_id: String,
     pub started: Instant,
-    /// The client's address as the upstream sees it (`X-Forwarded-For`), made once per
-    /// connection.
-    pub peer_ip: HeaderValue,
     pub method: Method,
     /// The snapshot this request started with; it finishes on it, whatever reloads happen.
-    pub rules: Arc<RuleSnapshot>,
+    pub rules: Arc<Pinned>,
     pub canonical_path: Option<String>,
     pub route: Option<usize>,
-    pub identity: Option<Arc<Identity>>,
-    pub resolved: Option<Arc<Resolved>>,
-    pub verdicts: Vec<PermissionVerdict>,
+    /// Who called and what was concluded (authenticated routes).
+    pub caller: Option<Arc<Caller>>,
     /// The field set this response is masked with (anonymized caller on a masked route).
     pub mask: Option<Arc<FieldSet>>,
     pub masked: Option<MaskReport>,
@@ -97,25 +94,22 @@ impl Gateway {
         )
     }
 
-    /// Serves one request: never fails, every refusal is a response.
-    pub async fn handle(&self, req: Request<Incoming>, peer_ip: HeaderValue) -> Response<Body> {
+    /// Serves one request of `conn`: never fails, every refusal is a response.
+    pub async fn handle(&self, req: Request<Incoming>, conn: &Arc<Connection>) -> Response<Body> {
         let mut ctx = RequestCtx {
             request_id: self.next_request_id(),
             started: Instant::now(),
-            peer_ip,
             method: req.method().clone(),
-            rules: self.rules.load_full(),
+            rules: conn.rules(),
             canonical_path: None,
             route: None,
-            identity: None,
-            resolved: None,
-            verdicts: Vec::new(),
+            caller: None,
             mask: None,
             masked: None,
             upstream_status: None,
         };
         let http1 = req.version() != Version::HTTP_2;
-        let mut resp = self.respond(&mut ctx, req, http1).await;
+        let mut resp = self.respond(&mut ctx, conn, req, http1).await;
         // Served over TLS only: browsers should never try plain HTTP, nor sniff types.
         let h = resp.headers_mut();
         h.entry(header::STRICT_TRANSPORT_SECURITY)
@@ -128,10 +122,11 @@ impl Gateway {
     async fn respond(
         &self,
         ctx: &mut RequestCtx,
+        conn: &Arc<Connection>,
         req: Request<Incoming>,
         http1: bool,
     ) -> Response<Body> {
-        match self.phases(ctx, req).await {
+        match self.phases(ctx, conn, req).await {
             Ok(mut resp) => {
                 if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
                     resp.headers_mut().insert(headers::X_REQUEST_ID, v);
@@ -181,6 +176,7 @@ impl Gateway {
     async fn phases(
         &self,
         ctx: &mut RequestCtx,
+        conn: &Arc<Connection>,
         req: Request<Incoming>,
     ) -> Result<Response<Body>, GatewayError> {
         let canonical = check_request(&req, &self.settings.limits)?;
@@ -190,25 +186,8 @@ impl Gateway {
         let rules = ctx.rules.clone();
         let route = &rules.routes[route_ix];
         if !route.public {
-            let (identity, cached) = self
-                .jwt
-                .verify_header_cached(req.headers().get(header::AUTHORIZATION))
-                .map_err(GatewayError::Unauthenticated)?;
-            count(
-                cached,
-                &self.metrics.token_cache_hits,
-                &self.metrics.token_cache_misses,
-            );
-            let authz = decision::authorize(&rules, route, &identity.user);
-            count(
-                authz.cache_hit,
-                &self.metrics.permission_cache_hits,
-                &self.metrics.permission_cache_misses,
-            );
-            ctx.identity = Some(identity);
-            ctx.resolved = Some(authz.resolved);
-            ctx.verdicts = authz.verdicts;
-            ctx.mask = authz.outcome?;
+            let caller = self.authenticate_authorize(ctx, conn, &req, route_ix)?;
+            ctx.mask = caller.mask.clone();
         }
         if is_upgrade(&req) {
             return Err(GatewayError::Forbidden {
@@ -217,13 +196,73 @@ impl Gateway {
                 detail: "protocol upgrades (WebSocket and others) are not proxied".into(),
             });
         }
-        self.forward(ctx, route, &canonical, req).await
+        self.forward(ctx, conn, route, &canonical, req).await
+    }
+
+    /// Authenticate and authorize phases: the caller this connection's last permitted
+    /// request settled when it answers (same token, snapshot and route), else the token is
+    /// verified (or found in the token cache) and the route's permissions checked.
+    fn authenticate_authorize(
+        &self,
+        ctx: &mut RequestCtx,
+        conn: &Connection,
+        req: &Request<Incoming>,
+        route_ix: usize,
+    ) -> Result<Arc<Caller>, GatewayError> {
+        let m = &self.metrics;
+        let Some(header) = req.headers().get(header::AUTHORIZATION) else {
+            return Err(GatewayError::Unauthenticated(AuthError::Missing));
+        };
+        let now = crate::auth::jwt::now_s();
+        if let Some(c) = conn.remembered(header, &ctx.rules, route_ix, now) {
+            count(true, &m.token_cache_hits, &m.token_cache_misses);
+            count(true, &m.permission_cache_hits, &m.permission_cache_misses);
+            ctx.caller = Some(c.clone());
+            return Ok(c);
+        }
+        let known = conn.identity_for(header, &ctx.rules, now);
+        let (identity, token_hit, resolved, resolve_hit) = match known {
+            Some((identity, resolved)) => (identity, true, resolved, true),
+            None => {
+                let (identity, hit) = self
+                    .jwt
+                    .verify_header_cached(Some(header))
+                    .map_err(GatewayError::Unauthenticated)?;
+                let (resolved, resolve_hit) = ctx.rules.access.resolve_cached(&identity.user);
+                (identity, hit, resolved, resolve_hit)
+            }
+        };
+        count(token_hit, &m.token_cache_hits, &m.token_cache_misses);
+        count(
+            resolve_hit,
+            &m.permission_cache_hits,
+            &m.permission_cache_misses,
+        );
+        let route = &ctx.rules.routes[route_ix];
+        let (verdicts, outcome) = decision::authorize_resolved(&ctx.rules, route, &resolved);
+        let permitted = outcome.is_ok();
+        let caller = Arc::new(Caller::new(
+            header,
+            ctx.rules.clone(),
+            route_ix,
+            identity,
+            resolved,
+            verdicts,
+            outcome.as_ref().ok().cloned().flatten(),
+        ));
+        ctx.caller = Some(caller.clone());
+        outcome?;
+        if permitted {
+            conn.remember(caller.clone());
+        }
+        Ok(caller)
     }
 
     /// Forward phase: one canonical path, sanitized headers, the gateway's identity headers.
     async fn forward(
         &self,
         ctx: &mut RequestCtx,
+        conn: &Arc<Connection>,
         route: &Route,
         canonical: &str,
         req: Request<Incoming>,
@@ -272,7 +311,7 @@ impl Gateway {
         };
         // Room for the seven headers below at once: one growth of the map, not two.
         headers.reserve(7);
-        headers.insert(headers::X_FORWARDED_FOR, ctx.peer_ip.clone());
+        headers.insert(headers::X_FORWARDED_FOR, conn.peer_ip.clone());
         headers.insert(
             headers::X_FORWARDED_PROTO,
             HeaderValue::from_static("https"),
@@ -282,11 +321,11 @@ impl Gateway {
         }
         add(&mut headers, headers::X_REQUEST_ID, &ctx.request_id);
         add(&mut headers, headers::X_PHIGATE_ROUTE, &route.name);
-        if let (Some(id), Some(res)) = (&ctx.identity, &ctx.resolved) {
-            add(&mut headers, headers::X_PHIGATE_USER, &id.user);
+        if let Some(c) = &ctx.caller {
+            add(&mut headers, headers::X_PHIGATE_USER, &c.identity.user);
             headers.insert(
                 headers::X_PHIGATE_DATA_ACCESS,
-                HeaderValue::from_static(res.data_access.as_str()),
+                HeaderValue::from_static(c.resolved.data_access.as_str()),
             );
         }
         // The body streams through; past the limit it fails, the upstream request is
@@ -328,17 +367,20 @@ impl Gateway {
             None => {
                 // Passed through as it streams: a failure after this point can only break
                 // the response (never complete it), and is audited on its own record.
-                let audit = self.audit.clone();
-                let metrics = self.metrics.clone();
+                // Through the connection: a clone of the gateway's own `Arc` would touch a
+                // count both workers share (see `conn`).
+                let conn = conn.clone();
                 let request_id = ctx.request_id.clone();
-                let route_name = route.name.clone();
+                let rules = ctx.rules.clone();
+                let route_ix = ctx.route;
                 let on_abort: upstream::OnAbort = Box::new(move |why| {
-                    metrics.upstream_errors.fetch_add(1, Ordering::Relaxed);
-                    audit.write(&serde_json::json!({
+                    let g = &conn.gateway;
+                    g.metrics.upstream_errors.fetch_add(1, Ordering::Relaxed);
+                    g.audit.write(&serde_json::json!({
                         "type": "response_aborted",
                         "ts": crate::audit::humantime_now(),
                         "request_id": request_id,
-                        "route": route_name,
+                        "route": route_ix.map(|i| rules.routes[i].name.as_str()),
                         "reason": why,
                     }));
                 });

@@ -13,6 +13,52 @@ pub fn disable_transparent_huge_pages() {
     }
 }
 
+/// mimalloc as the global allocator, calling its plain entry points when the alignment is
+/// the one malloc already guarantees. `mimalloc::MiMalloc` sends every request through the
+/// aligned entry points, whose path for blocks over 1 KiB (read buffers, TLS records) costs
+/// ~180 instructions more per call (callgrind: ~6 such calls per proxied request).
+pub struct Allocator;
+
+/// What `mi_malloc` guarantees (mimalloc's `MI_MAX_ALIGN_SIZE`, 16 on x86-64 and aarch64).
+const MALLOC_ALIGN: usize = 16;
+
+// SAFETY: every block comes from mimalloc and goes back to it (`mi_free` takes blocks of
+// either entry point); the plain calls are used only when their alignment satisfies the
+// layout's, and only for non-zero sizes, as GlobalAlloc requires of callers anyway.
+unsafe impl std::alloc::GlobalAlloc for Allocator {
+    #[inline]
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        if layout.align() <= MALLOC_ALIGN {
+            libmimalloc_sys::mi_malloc(layout.size()).cast()
+        } else {
+            libmimalloc_sys::mi_malloc_aligned(layout.size(), layout.align()).cast()
+        }
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        if layout.align() <= MALLOC_ALIGN {
+            libmimalloc_sys::mi_zalloc(layout.size()).cast()
+        } else {
+            libmimalloc_sys::mi_zalloc_aligned(layout.size(), layout.align()).cast()
+        }
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, _layout: std::alloc::Layout) {
+        libmimalloc_sys::mi_free(ptr.cast());
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        if layout.align() <= MALLOC_ALIGN {
+            libmimalloc_sys::mi_realloc(ptr.cast(), new_size).cast()
+        } else {
+            libmimalloc_sys::mi_realloc_aligned(ptr.cast(), new_size, layout.align()).cast()
+        }
+    }
+}
+
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     #[test]

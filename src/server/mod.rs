@@ -131,12 +131,13 @@ async fn serve_connection<I>(
     // An IP address is always a valid header value; formatted once per connection.
     let peer_ip = http::HeaderValue::try_from(peer.ip().to_string())
         .unwrap_or_else(|_| http::HeaderValue::from_static("unknown"));
+    let conn = Arc::new(crate::proxy::conn::Connection::new(gateway, peer_ip));
     let svc = service_fn(move |req| {
-        let gateway = gateway.clone();
+        // The connection's own `Arc`, not the gateway's: see `proxy::conn`.
+        let conn = conn.clone();
         let guard = InFlight::new(tracker.clone());
-        let peer_ip = peer_ip.clone();
         async move {
-            let resp = gateway.handle(req, peer_ip).await;
+            let resp = conn.gateway.handle(req, &conn).await;
             Ok::<_, std::convert::Infallible>(resp.map(|body| GuardedBody { body, guard }))
         }
     });
