@@ -3,7 +3,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -18,8 +18,7 @@ use crate::proxy::RequestCtx;
 /// How long the writer lets records gather before one `write(2)`: a burst costs one
 /// syscall instead of one per request, and a record is on disk within a few milliseconds.
 const BATCH_WINDOW: Duration = Duration::from_millis(2);
-/// Records waiting beyond this make writers wait (back-pressure from a slow disk) instead
-/// of growing memory without bound.
+/// Records waiting beyond this, over all buffers, make writers wait.
 const MAX_PENDING_BYTES: usize = 8 << 20;
 /// The longest `flush` waits for the writer.
 const FLUSH_WAIT: Duration = Duration::from_secs(10);
@@ -298,43 +297,74 @@ pub enum AuditSink {
     Discard,
 }
 
-/// The audit log: one JSON line per event. Records are serialized by the caller into a
-/// shared buffer and written by one writer thread in batches (one `write(2)` per
-/// `BATCH_WINDOW`, never a partial line), so no request waits on the disk. A failed write
-/// is never silent: its records are counted as failures, logged and shown on `/readyz`.
+/// The audit log: one JSON line per event. Records are serialized by the caller into its
+/// worker's buffer and written by one writer thread in batches (one `write(2)` per
+/// `BATCH_WINDOW`, never a partial line), so no request waits on the disk. One buffer per
+/// worker: a single shared one had both workers' cores take its lock's and its tail's cache
+/// lines from each other on every request. Lines keep their order per worker (and so per
+/// connection); within one batch window, lines of different workers may be out of `ts` order.
+/// A failed write is never silent: its records are counted as failures, logged and shown
+/// on `/readyz`.
 pub struct AuditLog {
     shared: Arc<Shared>,
     writer: Option<std::thread::JoinHandle<()>>,
     discard: bool,
 }
 
+/// Buffers, one per worker slot (`server::workers::current_slot`, modulo this).
+const SHARDS: usize = 8;
+/// Records waiting beyond this in one buffer make its writers wait (back-pressure from a
+/// slow disk) instead of growing memory without bound.
+const MAX_SHARD_BYTES: usize = MAX_PENDING_BYTES / SHARDS;
+
 struct Shared {
-    state: Mutex<Pending>,
+    shards: [Shard; SHARDS],
+    ctl: Mutex<Ctl>,
     /// The writer waits here for records (or for the log to close).
     more: Condvar,
     /// Producers wait here for room; `flush` waits here for its records to be written.
     progress: Condvar,
+    /// The writer waits on `more`: a condvar notify is a syscall even when nobody waits, so
+    /// only a waiting writer is woken (once per batch, not per record).
+    writer_idle: AtomicBool,
+    closed: AtomicBool,
     failures: AtomicU64,
     written: AtomicU64,
 }
 
 #[derive(Default)]
+#[repr(align(128))]
+struct Shard(Mutex<Pending>);
+
+#[derive(Default)]
 struct Pending {
     buf: Vec<u8>,
     records: u64,
-    /// Records handed in so far, and records whose write has been attempted.
+    /// Records handed in to this buffer so far.
     appended: u64,
-    settled: u64,
-    closed: bool,
-    /// Threads waiting on `progress`, and whether the writer waits on `more`: a condvar
-    /// notify is a syscall even when nobody waits, so only real waiters are woken.
+}
+
+#[derive(Default)]
+struct Ctl {
+    /// Per buffer, the records whose write has been attempted.
+    settled: [u64; SHARDS],
+    /// Threads waiting on `progress`.
     waiting: usize,
-    writer_idle: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Pending> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn any_pending(&self) -> bool {
+        self.shards.iter().any(|s| !lock(&s.0).buf.is_empty())
+    }
+
+    fn wake_waiters(&self, ctl: &Ctl) {
+        if ctl.waiting > 0 {
+            self.progress.notify_all();
+        }
     }
 }
 
@@ -351,9 +381,12 @@ impl AuditLog {
             AuditSink::Discard => None,
         };
         let shared = Arc::new(Shared {
-            state: Mutex::new(Pending::default()),
+            shards: Default::default(),
+            ctl: Mutex::new(Ctl::default()),
             more: Condvar::new(),
             progress: Condvar::new(),
+            writer_idle: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             failures: AtomicU64::new(0),
             written: AtomicU64::new(0),
         });
@@ -396,13 +429,23 @@ impl AuditLog {
             sh.written.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let mut st = sh.lock();
-        while st.buf.len() >= MAX_PENDING_BYTES && !st.closed {
-            st.waiting += 1;
-            st = sh.progress.wait(st).unwrap_or_else(|p| p.into_inner());
-            st.waiting -= 1;
+        let shard = &sh.shards[crate::server::workers::current_slot() % SHARDS].0;
+        let mut st = lock(shard);
+        while st.buf.len() >= MAX_SHARD_BYTES && !sh.closed.load(Ordering::SeqCst) {
+            drop(st);
+            let mut ctl = lock(&sh.ctl);
+            ctl.waiting += 1;
+            // Bounded: room is re-checked on the buffer itself, not only when told.
+            ctl = sh
+                .progress
+                .wait_timeout(ctl, BATCH_WINDOW)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+            ctl.waiting -= 1;
+            drop(ctl);
+            st = lock(shard);
         }
-        if st.closed {
+        if sh.closed.load(Ordering::SeqCst) {
             drop(st);
             sh.failures.fetch_add(1, Ordering::Relaxed);
             tracing::error!("audit record after the audit log closed");
@@ -419,11 +462,13 @@ impl AuditLog {
         st.buf.push(b'\n');
         st.records += 1;
         st.appended += 1;
-        // Only a writer waiting for records is woken (once per batch, not per record).
-        let wake = std::mem::take(&mut st.writer_idle);
         drop(st);
-        if wake {
-            sh.more.notify_one();
+        // Read after the record is in (see `write_loop` for why none is missed).
+        if sh.writer_idle.load(Ordering::SeqCst) {
+            let _ctl = lock(&sh.ctl);
+            if sh.writer_idle.swap(false, Ordering::SeqCst) {
+                sh.more.notify_one();
+            }
         }
     }
 
@@ -432,21 +477,23 @@ impl AuditLog {
     pub fn flush(&self) {
         let sh = &*self.shared;
         let deadline = std::time::Instant::now() + FLUSH_WAIT;
-        let mut st = sh.lock();
-        let target = st.appended;
-        while st.settled < target && !st.closed {
+        let target: Vec<u64> = sh.shards.iter().map(|s| lock(&s.0).appended).collect();
+        let mut ctl = lock(&sh.ctl);
+        while ctl.settled.iter().zip(&target).any(|(s, t)| s < t)
+            && !sh.closed.load(Ordering::SeqCst)
+        {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
                 tracing::error!("audit records still pending after {FLUSH_WAIT:?}");
                 return;
             }
-            st.waiting += 1;
-            st = sh
+            ctl.waiting += 1;
+            ctl = sh
                 .progress
-                .wait_timeout(st, left)
+                .wait_timeout(ctl, left)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
-            st.waiting -= 1;
+            ctl.waiting -= 1;
         }
     }
 
@@ -489,8 +536,11 @@ impl AuditLog {
 impl Drop for AuditLog {
     /// Writes what is pending, then stops the writer.
     fn drop(&mut self) {
-        self.shared.lock().closed = true;
-        self.shared.more.notify_one();
+        {
+            let _ctl = lock(&self.shared.ctl);
+            self.shared.closed.store(true, Ordering::SeqCst);
+            self.shared.more.notify_one();
+        }
         if let Some(w) = self.writer.take() {
             let _ = w.join();
         }
@@ -498,35 +548,55 @@ impl Drop for AuditLog {
 }
 
 /// The writer thread: waits for records, lets a batch gather, writes it in one call.
+///
+/// No record is left waiting while the writer sleeps: it marks itself idle *before* its
+/// last look at the buffers, and a producer reads the mark *after* its record is in. So
+/// either the writer's look finds the record, or the producer finds the mark and, under
+/// `ctl` (held by the writer until it waits), wakes it.
 fn write_loop(sh: &Shared, mut out: Box<dyn Write + Send>) {
     let mut batch: Vec<u8> = Vec::with_capacity(64 << 10);
+    let mut upto = [0u64; SHARDS];
     loop {
-        let (records, upto, wake) = {
-            let mut st = sh.lock();
-            while st.buf.is_empty() && !st.closed {
-                st.writer_idle = true;
-                st = sh.more.wait(st).unwrap_or_else(|p| p.into_inner());
+        {
+            let mut ctl = lock(&sh.ctl);
+            loop {
+                if sh.any_pending() {
+                    break;
+                }
+                if sh.closed.load(Ordering::SeqCst) {
+                    // Closed and nothing left.
+                    for (i, s) in sh.shards.iter().enumerate() {
+                        ctl.settled[i] = lock(&s.0).appended;
+                    }
+                    sh.progress.notify_all();
+                    return;
+                }
+                sh.writer_idle.store(true, Ordering::SeqCst);
+                if sh.any_pending() {
+                    sh.writer_idle.store(false, Ordering::SeqCst);
+                    break;
+                }
+                ctl = sh.more.wait(ctl).unwrap_or_else(|p| p.into_inner());
+                sh.writer_idle.store(false, Ordering::SeqCst);
             }
-            st.writer_idle = false;
-            if st.buf.is_empty() {
-                // Closed and nothing left.
-                st.settled = st.appended;
-                drop(st);
-                sh.progress.notify_all();
-                return;
-            }
-            if !st.closed {
-                drop(st);
-                std::thread::sleep(BATCH_WINDOW);
-                st = sh.lock();
-            }
-            std::mem::swap(&mut st.buf, &mut batch);
-            (std::mem::take(&mut st.records), st.appended, st.waiting > 0)
-        };
-        // Room again for producers held back by a slow disk.
-        if wake {
-            sh.progress.notify_all();
         }
+        if !sh.closed.load(Ordering::SeqCst) {
+            std::thread::sleep(BATCH_WINDOW);
+        }
+        let mut records = 0;
+        for (i, s) in sh.shards.iter().enumerate() {
+            let mut st = lock(&s.0);
+            batch.extend_from_slice(&st.buf);
+            st.buf.clear();
+            // One burst must not pin a large buffer for the life of the process.
+            if st.buf.capacity() > 1 << 20 {
+                st.buf.shrink_to(64 << 10);
+            }
+            records += std::mem::take(&mut st.records);
+            upto[i] = st.appended;
+        }
+        // Room again for producers held back by a slow disk.
+        sh.wake_waiters(&lock(&sh.ctl));
         match out.write_all(&batch).and_then(|()| out.flush()) {
             Ok(()) => {
                 sh.written.fetch_add(records, Ordering::Relaxed);
@@ -537,17 +607,12 @@ fn write_loop(sh: &Shared, mut out: Box<dyn Write + Send>) {
             }
         }
         batch.clear();
-        // One burst must not pin a large buffer for the life of the process.
         if batch.capacity() > 4 << 20 {
             batch.shrink_to(64 << 10);
         }
-        let mut st = sh.lock();
-        st.settled = upto;
-        let wake = st.waiting > 0;
-        drop(st);
-        if wake {
-            sh.progress.notify_all();
-        }
+        let mut ctl = lock(&sh.ctl);
+        ctl.settled = upto;
+        sh.wake_waiters(&ctl);
     }
 }
 
@@ -686,6 +751,41 @@ mod tests {
             .lines()
             .map(|l| serde_json::from_str(l).expect("every line is one whole record"))
             .collect()
+    }
+
+    #[test]
+    fn records_from_every_worker_land_whole_and_in_order_after_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("audit.jsonl");
+        let log = std::sync::Arc::new(AuditLog::open(&AuditSink::File(p.clone())).unwrap());
+        let w = crate::server::workers::Workers::start(3).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        for t in 0..3u64 {
+            let (log, tx) = (log.clone(), tx.clone());
+            w.spawn(async move {
+                for i in 0..2000 {
+                    log.write(&serde_json::json!({"t": t, "i": i, "pad": "y".repeat(i % 700)}));
+                }
+                tx.send(()).unwrap();
+            });
+        }
+        for _ in 0..3 {
+            rx.recv().unwrap();
+        }
+        // Each worker's buffer is flushed, written or not yet.
+        log.flush();
+        w.stop();
+        let recs = lines(&p);
+        assert_eq!(recs.len(), 6000);
+        assert_eq!(log.written(), 6000);
+        for t in 0..3 {
+            let seq: Vec<u64> = recs
+                .iter()
+                .filter(|r| r["t"] == t)
+                .map(|r| r["i"].as_u64().unwrap())
+                .collect();
+            assert_eq!(seq, (0..2000).collect::<Vec<u64>>());
+        }
     }
 
     #[test]

@@ -36,9 +36,17 @@ pub struct Gateway {
     pub upstreams: Vec<Upstream>,
     pub audit: Arc<AuditLog>,
     pub metrics: Arc<Metrics>,
-    request_seq: AtomicU64,
+    /// Request sequence numbers, one counter per worker (see `telemetry::Metrics`): counter
+    /// `i` hands out `i`, `i + ID_SHARDS`, `i + 2 * ID_SHARDS`, ...
+    request_seq: [PaddedCounter; ID_SHARDS],
     id_prefix: String,
 }
+
+const ID_SHARDS: usize = 8;
+
+#[derive(Default)]
+#[repr(align(128))]
+struct PaddedCounter(AtomicU64);
 
 /// What one request accumulates on its way through; the audit record is made from it.
 pub struct RequestCtx {
@@ -82,16 +90,15 @@ impl Gateway {
             upstreams,
             audit,
             metrics,
-            request_seq: AtomicU64::new(0),
+            request_seq: Default::default(),
             id_prefix: crate::config::rules::hex(&rnd),
         }
     }
 
     fn next_request_id(&self) -> String {
-        request_id(
-            &self.id_prefix,
-            self.request_seq.fetch_add(1, Ordering::Relaxed),
-        )
+        let shard = crate::server::workers::current_slot() % ID_SHARDS;
+        let n = self.request_seq[shard].0.fetch_add(1, Ordering::Relaxed);
+        request_id(&self.id_prefix, n * ID_SHARDS as u64 + shard as u64)
     }
 
     /// Serves one request of `conn`: never fails, every refusal is a response.
@@ -167,8 +174,7 @@ impl Gateway {
             _ => {}
         }
         if let Some(r) = &ctx.masked {
-            m.masked_responses.fetch_add(1, Ordering::Relaxed);
-            m.masked_fields.fetch_add(r.count as u64, Ordering::Relaxed);
+            m.masked(r.count as u64);
         }
         self.audit.request(ctx, status, refusal);
     }
@@ -215,8 +221,8 @@ impl Gateway {
         };
         let now = crate::auth::jwt::now_s();
         if let Some(c) = conn.remembered(header, &ctx.rules, route_ix, now) {
-            count(true, &m.token_cache_hits, &m.token_cache_misses);
-            count(true, &m.permission_cache_hits, &m.permission_cache_misses);
+            m.token_cache(true);
+            m.permission_cache(true);
             ctx.caller = Some(c.clone());
             return Ok(c);
         }
@@ -232,12 +238,8 @@ impl Gateway {
                 (identity, hit, resolved, resolve_hit)
             }
         };
-        count(token_hit, &m.token_cache_hits, &m.token_cache_misses);
-        count(
-            resolve_hit,
-            &m.permission_cache_hits,
-            &m.permission_cache_misses,
-        );
+        m.token_cache(token_hit);
+        m.permission_cache(resolve_hit);
         let route = &ctx.rules.routes[route_ix];
         let (verdicts, outcome) = decision::authorize_resolved(&ctx.rules, route, &resolved);
         let permitted = outcome.is_ok();
@@ -425,10 +427,6 @@ fn request_id(prefix: &str, seq: u64) -> String {
         id.push(char::from(if d < 10 { b'0' + d } else { b'a' + d - 10 }));
     }
     id
-}
-
-fn count(hit: bool, hits: &AtomicU64, misses: &AtomicU64) {
-    if hit { hits } else { misses }.fetch_add(1, Ordering::Relaxed);
 }
 
 fn is_upgrade(req: &Request<Incoming>) -> bool {
