@@ -28,7 +28,7 @@ const FLUSH_WAIT: Duration = Duration::from_secs(10);
 struct RequestRecord<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
-    ts: String,
+    ts: Timestamp,
     request_id: &'a str,
     user: Option<&'a str>,
     data_access: Option<&'a str>,
@@ -62,7 +62,10 @@ impl RequestRecord<'_> {
         out.extend_from_slice(b"{\"type\":");
         json_str(out, self.kind);
         out.extend_from_slice(b",\"ts\":");
-        json_str(out, &self.ts);
+        // Digits and punctuation only: nothing to escape.
+        out.push(b'"');
+        out.extend_from_slice(&self.ts.0);
+        out.push(b'"');
         out.extend_from_slice(b",\"request_id\":");
         json_str(out, self.request_id);
         out.extend_from_slice(b",\"user\":");
@@ -257,7 +260,7 @@ fn request_record<'a>(
     let masked = ctx.masked.as_ref();
     RequestRecord {
         kind: "request",
-        ts: humantime_now(),
+        ts: Timestamp::now(),
         request_id: &ctx.request_id,
         user: caller.map(|c| c.identity.user.as_str()),
         data_access: caller.map(|c| c.resolved.data_access.as_str()),
@@ -618,13 +621,34 @@ fn write_loop(sh: &Shared, mut out: Box<dyn Write + Send>) {
 
 /// RFC 3339 UTC timestamp with milliseconds, without pulling in a date crate.
 pub fn humantime_now() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    rfc3339(now.as_secs(), now.subsec_millis())
+    let ts = Timestamp::now();
+    String::from_utf8_lossy(&ts.0).into_owned()
 }
 
 pub fn rfc3339(secs: u64, millis: u32) -> String {
+    String::from_utf8_lossy(&rfc3339_bytes(secs, millis)).into_owned()
+}
+
+/// An RFC 3339 UTC timestamp with milliseconds, as the ASCII bytes it is written as: a
+/// request record carries it without an allocation or an escape check.
+struct Timestamp([u8; 24]);
+
+impl Timestamp {
+    fn now() -> Timestamp {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Timestamp(rfc3339_bytes(now.as_secs(), now.subsec_millis()))
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(std::str::from_utf8(&self.0).unwrap_or_default())
+    }
+}
+
+fn rfc3339_bytes(secs: u64, millis: u32) -> [u8; 24] {
     let days = secs / 86_400;
     let rem = secs % 86_400;
     // Civil-from-days (Howard Hinnant's algorithm).
@@ -653,7 +677,7 @@ pub fn rfc3339(secs: u64, millis: u32) -> String {
     put(14, 2, rem % 3600 / 60);
     put(17, 2, rem % 60);
     put(20, 3, u64::from(millis.min(999)));
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
 #[cfg(test)]
@@ -715,7 +739,7 @@ mod tests {
         for ((text, full), pre) in cases.flat_map(|c| [(c, false), (c, true)]) {
             let rec = super::RequestRecord {
                 kind: "request",
-                ts: "2026-12-05T16:00:00.123Z".into(),
+                ts: super::Timestamp(super::rfc3339_bytes(1_796_486_400 + 57_600, 123)),
                 request_id: text,
                 user: full.then_some(text),
                 data_access: full.then_some("anonymized"),
