@@ -14,6 +14,7 @@ use serde_json::json;
 use crate::access::PermissionVerdict;
 use crate::error::GatewayError;
 use crate::proxy::RequestCtx;
+use crate::server::workers::{current_shard, SHARDS};
 
 /// How long the writer lets records gather before one `write(2)`: a burst costs one
 /// syscall instead of one per request, and a record is on disk within a few milliseconds.
@@ -314,8 +315,6 @@ pub struct AuditLog {
     discard: bool,
 }
 
-/// Buffers, one per worker slot (`server::workers::current_slot`, modulo this).
-const SHARDS: usize = 8;
 /// Records waiting beyond this in one buffer make its writers wait (back-pressure from a
 /// slow disk) instead of growing memory without bound.
 const MAX_SHARD_BYTES: usize = MAX_PENDING_BYTES / SHARDS;
@@ -432,7 +431,7 @@ impl AuditLog {
             sh.written.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let shard = &sh.shards[crate::server::workers::current_slot() % SHARDS].0;
+        let shard = &sh.shards[current_shard()].0;
         let mut st = lock(shard);
         while st.buf.len() >= MAX_SHARD_BYTES && !sh.closed.load(Ordering::SeqCst) {
             drop(st);

@@ -2,6 +2,7 @@
 //! process, as in tests, never mix their figures). Labels are routes, decisions and
 //! statuses: never users, paths or values.
 
+use crate::server::workers::{current_shard, SHARDS};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -35,10 +36,6 @@ impl Histogram {
 /// (decision, status) -> count, for one route.
 type ByOutcome = BTreeMap<(&'static str, u16), u64>;
 
-/// What every request counts, once per worker: one shared copy had both workers' cores
-/// take its cache lines from each other on every request. Summed when rendered.
-const SHARDS: usize = 8;
-
 #[derive(Default)]
 #[repr(align(128))]
 struct Shard {
@@ -70,7 +67,7 @@ pub struct Metrics {
 impl Metrics {
     /// This thread's shard: its own on a worker, shard 0 elsewhere.
     fn shard(&self) -> &Shard {
-        &self.shards[crate::server::workers::current_slot() % SHARDS]
+        &self.shards[current_shard()]
     }
 
     fn sum(&self, f: impl Fn(&Shard) -> &AtomicU64) -> u64 {
@@ -82,22 +79,12 @@ impl Metrics {
 
     pub fn token_cache(&self, hit: bool) {
         let s = self.shard();
-        if hit {
-            &s.token_cache_hits
-        } else {
-            &s.token_cache_misses
-        }
-        .fetch_add(1, Ordering::Relaxed);
+        hit_or_miss(hit, &s.token_cache_hits, &s.token_cache_misses);
     }
 
     pub fn permission_cache(&self, hit: bool) {
         let s = self.shard();
-        if hit {
-            &s.permission_cache_hits
-        } else {
-            &s.permission_cache_misses
-        }
-        .fetch_add(1, Ordering::Relaxed);
+        hit_or_miss(hit, &s.permission_cache_hits, &s.permission_cache_misses);
     }
 
     /// One response masked, with `fields` values masked in it.
@@ -290,6 +277,10 @@ impl Metrics {
         );
         out
     }
+}
+
+fn hit_or_miss(hit: bool, hits: &AtomicU64, misses: &AtomicU64) {
+    if hit { hits } else { misses }.fetch_add(1, Ordering::Relaxed);
 }
 
 fn escape(s: &str) -> String {

@@ -67,10 +67,9 @@ impl Caller {
         }
     }
 
-    /// The same token, snapshot and route, and the token still unexpired.
-    fn answers(&self, header: &HeaderValue, rules: &Arc<Pinned>, route: usize, now: u64) -> bool {
-        self.route == route
-            && Arc::ptr_eq(&self.rules, rules)
+    /// The same token on the same snapshot, and the token still unexpired.
+    fn knows(&self, header: &HeaderValue, rules: &Arc<Pinned>, now: u64) -> bool {
+        Arc::ptr_eq(&self.rules, rules)
             && now < self.identity.exp
             && *self.header == *header.as_bytes()
     }
@@ -125,7 +124,7 @@ impl Connection {
     ) -> Option<Arc<Caller>> {
         lock(&self.caller)
             .as_ref()
-            .filter(|c| c.answers(header, rules, route, now))
+            .filter(|c| c.route == route && c.knows(header, rules, now))
             .cloned()
     }
 
@@ -139,11 +138,7 @@ impl Connection {
     ) -> Option<(Arc<Identity>, Arc<Resolved>)> {
         lock(&self.caller)
             .as_ref()
-            .filter(|c| {
-                Arc::ptr_eq(&c.rules, rules)
-                    && now < c.identity.exp
-                    && *c.header == *header.as_bytes()
-            })
+            .filter(|c| c.knows(header, rules, now))
             .map(|c| (c.identity.clone(), c.resolved.clone()))
     }
 

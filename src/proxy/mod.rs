@@ -24,6 +24,7 @@ use crate::decision;
 use crate::error::{Body, GatewayError};
 use crate::masking::{FieldSet, MaskReport};
 use crate::routing::canonical::canonical_path;
+use crate::server::workers::{current_shard, SHARDS};
 use crate::telemetry::Metrics;
 use conn::{Caller, Connection, Pinned};
 use upstream::Upstream;
@@ -36,13 +37,11 @@ pub struct Gateway {
     pub upstreams: Vec<Upstream>,
     pub audit: Arc<AuditLog>,
     pub metrics: Arc<Metrics>,
-    /// Request sequence numbers, one counter per worker (see `telemetry::Metrics`): counter
-    /// `i` hands out `i`, `i + ID_SHARDS`, `i + 2 * ID_SHARDS`, ...
-    request_seq: [PaddedCounter; ID_SHARDS],
+    /// Request sequence numbers, one counter per worker shard (`workers::SHARDS`): counter
+    /// `i` hands out `i`, `i + SHARDS`, `i + 2 * SHARDS`, ...
+    request_seq: [PaddedCounter; SHARDS],
     id_prefix: String,
 }
-
-const ID_SHARDS: usize = 8;
 
 #[derive(Default)]
 #[repr(align(128))]
@@ -59,8 +58,6 @@ pub struct RequestCtx {
     pub route: Option<usize>,
     /// Who called and what was concluded (authenticated routes).
     pub caller: Option<Arc<Caller>>,
-    /// The field set this response is masked with (anonymized caller on a masked route).
-    pub mask: Option<Arc<FieldSet>>,
     pub masked: Option<MaskReport>,
     pub upstream_status: Option<u16>,
 }
@@ -68,6 +65,12 @@ pub struct RequestCtx {
 impl RequestCtx {
     pub fn route(&self) -> Option<&Route> {
         self.route.map(|i| &self.rules.routes[i])
+    }
+
+    /// The field set this response is masked with (a permitted anonymized caller on a
+    /// masked route); `None` for raw callers and public routes.
+    pub fn mask(&self) -> Option<&Arc<FieldSet>> {
+        self.caller.as_ref()?.mask.as_ref()
     }
 }
 
@@ -96,9 +99,9 @@ impl Gateway {
     }
 
     fn next_request_id(&self) -> String {
-        let shard = crate::server::workers::current_slot() % ID_SHARDS;
+        let shard = current_shard();
         let n = self.request_seq[shard].0.fetch_add(1, Ordering::Relaxed);
-        request_id(&self.id_prefix, n * ID_SHARDS as u64 + shard as u64)
+        request_id(&self.id_prefix, n * SHARDS as u64 + shard as u64)
     }
 
     /// Serves one request of `conn`: never fails, every refusal is a response.
@@ -111,7 +114,6 @@ impl Gateway {
             canonical_path: None,
             route: None,
             caller: None,
-            mask: None,
             masked: None,
             upstream_status: None,
         };
@@ -192,8 +194,7 @@ impl Gateway {
         let rules = ctx.rules.clone();
         let route = &rules.routes[route_ix];
         if !route.public {
-            let caller = self.authenticate_authorize(ctx, conn, &req, route_ix)?;
-            ctx.mask = caller.mask.clone();
+            self.authenticate_authorize(ctx, conn, &req, route_ix)?;
         }
         if is_upgrade(&req) {
             return Err(GatewayError::Forbidden {
@@ -214,7 +215,7 @@ impl Gateway {
         conn: &Connection,
         req: &Request<Incoming>,
         route_ix: usize,
-    ) -> Result<Arc<Caller>, GatewayError> {
+    ) -> Result<(), GatewayError> {
         let m = &self.metrics;
         let Some(header) = req.headers().get(header::AUTHORIZATION) else {
             return Err(GatewayError::Unauthenticated(AuthError::Missing));
@@ -223,8 +224,8 @@ impl Gateway {
         if let Some(c) = conn.remembered(header, &ctx.rules, route_ix, now) {
             m.token_cache(true);
             m.permission_cache(true);
-            ctx.caller = Some(c.clone());
-            return Ok(c);
+            ctx.caller = Some(c);
+            return Ok(());
         }
         let known = conn.identity_for(header, &ctx.rules, now);
         let (identity, token_hit, resolved, resolve_hit) = match known {
@@ -242,7 +243,10 @@ impl Gateway {
         m.permission_cache(resolve_hit);
         let route = &ctx.rules.routes[route_ix];
         let (verdicts, outcome) = decision::authorize_resolved(&ctx.rules, route, &resolved);
-        let permitted = outcome.is_ok();
+        let (mask, refusal) = match outcome {
+            Ok(mask) => (mask, None),
+            Err(e) => (None, Some(e)),
+        };
         let caller = Arc::new(Caller::new(
             header,
             ctx.rules.clone(),
@@ -250,14 +254,17 @@ impl Gateway {
             identity,
             resolved,
             verdicts,
-            outcome.as_ref().ok().cloned().flatten(),
+            mask,
         ));
         ctx.caller = Some(caller.clone());
-        outcome?;
-        if permitted {
-            conn.remember(caller.clone());
+        // Only a permitted caller is remembered: a refusal is judged afresh every time.
+        match refusal {
+            Some(e) => Err(e),
+            None => {
+                conn.remember(caller);
+                Ok(())
+            }
         }
-        Ok(caller)
     }
 
     /// Forward phase: one canonical path, sanitized headers, the gateway's identity headers.
@@ -303,7 +310,7 @@ impl Gateway {
                 .map(str::to_string)
         });
         headers::sanitize_request_headers(&mut headers, us.forward_authorization);
-        if ctx.mask.is_some() {
+        if ctx.mask().is_some() {
             filter::prepare_masked_request(&mut headers);
         }
         let add = |h: &mut http::HeaderMap, name: http::HeaderName, value: &str| {
@@ -365,7 +372,7 @@ impl Gateway {
         headers::sanitize_response_headers(&mut parts.headers);
         parts.version = Version::HTTP_11;
         let resp = Response::from_parts(parts, body);
-        match ctx.mask.clone() {
+        match ctx.mask().cloned() {
             None => {
                 // Passed through as it streams: a failure after this point can only break
                 // the response (never complete it), and is audited on its own record.

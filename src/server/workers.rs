@@ -23,6 +23,16 @@ pub fn current_slot() -> usize {
     WORKER.with(Cell::get)
 }
 
+/// Per-worker copies of what every request updates (metrics, request ids, audit buffers):
+/// one shared copy has both cores take its cache lines from each other on every request.
+pub const SHARDS: usize = 8;
+
+/// This thread's copy among `SHARDS`: its own on a worker (while there are at most
+/// `SHARDS - 1` workers), copy 0 off the workers.
+pub fn current_shard() -> usize {
+    current_slot() % SHARDS
+}
+
 /// How many worker threads `n` asks for: 0 means one per available core.
 pub fn resolve_count(n: usize) -> usize {
     if n > 0 {
