@@ -36,6 +36,7 @@ impl Histogram {
 /// (decision, status) -> count, for one route.
 type ByOutcome = BTreeMap<(&'static str, u16), u64>;
 
+/// What every request counts, one copy per worker (`workers::SHARDS`); summed when rendered.
 #[derive(Default)]
 #[repr(align(128))]
 struct Shard {
