@@ -1,7 +1,7 @@
 //! Load-bench driver (used by `benches/load.sh` / `benches/load.py`).
 //!
 //!   bench_gateway serve [--dir D] [--listen 127.0.0.1:0] [--upstream 127.0.0.1:18080]
-//!                       [--fields bench|patient] [--audit file|discard] [--workers N]
+//!                       [--fields bench|patient] [--audit file|discard] [--workers N] [--placement pack|spread]
 //!       Starts phigate in this process, over TLS (development CA, P-256 leaf like the peers),
 //!       with one route `GET /patients/{file}` -> the upstream, masked with the field set
 //!       `bench` (the peers' masking, see benches/common/mod.rs) or the example `patient` set.
@@ -146,6 +146,10 @@ async fn serve(a: HashMap<String, String>) {
         .parse()
         .unwrap_or_else(|_| die("bad --upstream"));
     let mut settings = phigate::demo::settings(listen, None, rules, upstream, jwks);
+    if let Some(p) = a.get("placement") {
+        settings.limits.worker_placement = phigate::server::workers::Placement::parse(p)
+            .unwrap_or_else(|| die("--placement is pack or spread"));
+    }
     if let Some(w) = a.get("workers") {
         settings.limits.workers = w.parse().unwrap_or_else(|_| die("bad --workers"));
     }

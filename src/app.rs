@@ -105,7 +105,7 @@ pub async fn start(
         .iter()
         .map(|u| Upstream::new(u, n_workers + 1))
         .collect::<Result<Vec<_>, _>>()?;
-    let workers = Arc::new(Workers::start(n_workers)?);
+    let workers = Arc::new(Workers::start(n_workers, settings.limits.worker_placement)?);
     let settings = Arc::new(settings);
     let rules_handle = RulesHandle::new(
         snapshot,

@@ -781,7 +781,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("audit.jsonl");
         let log = std::sync::Arc::new(AuditLog::open(&AuditSink::File(p.clone())).unwrap());
-        let w = crate::server::workers::Workers::start(3).unwrap();
+        let w =
+            crate::server::workers::Workers::start(3, crate::server::workers::Placement::Spread)
+                .unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         for t in 0..3u64 {
             let (log, tx) = (log.clone(), tx.clone());

@@ -318,7 +318,9 @@ mod tests {
     #[test]
     fn counts_from_every_worker_are_summed() {
         let m = std::sync::Arc::new(Metrics::default());
-        let w = crate::server::workers::Workers::start(3).unwrap();
+        let w =
+            crate::server::workers::Workers::start(3, crate::server::workers::Placement::Spread)
+                .unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         for i in 0..6u64 {
             let (m, tx) = (m.clone(), tx.clone());

@@ -120,6 +120,7 @@ struct RawLimits {
     max_headers: Option<usize>,
     h2_max_concurrent_streams: Option<u32>,
     workers: Option<usize>,
+    worker_placement: Option<Spanned<String>>,
     max_request_body: Option<Size>,
     max_masked_body: Option<Size>,
     max_json_depth: Option<usize>,
@@ -181,6 +182,8 @@ pub struct Limits {
     /// Threads serving connections, each with its own event loop and upstream pool
     /// (0: one per available core).
     pub workers: usize,
+    /// Which worker a new connection goes to: `pack` (default) or `spread`.
+    pub worker_placement: crate::server::workers::Placement,
 }
 
 impl Default for Limits {
@@ -198,6 +201,7 @@ impl Default for Limits {
             max_json_depth: 128,
             shutdown_deadline: Duration::from_secs(30),
             workers: 0,
+            worker_placement: crate::server::workers::Placement::Pack,
         }
     }
 }
@@ -383,6 +387,22 @@ impl Settings {
             max_json_depth: l.max_json_depth.unwrap_or(dl.max_json_depth),
             shutdown_deadline: l.shutdown_deadline.map_or(dl.shutdown_deadline, |x| x.0),
             workers: l.workers.unwrap_or(dl.workers),
+            worker_placement: match &l.worker_placement {
+                None => dl.worker_placement,
+                Some(v) => {
+                    crate::server::workers::Placement::parse(&v.value).unwrap_or_else(|| {
+                        d.push(
+                            file,
+                            pos(&v.referenced),
+                            format!(
+                                "limits.worker_placement: '{}' is neither 'pack' nor 'spread'",
+                                v.value
+                            ),
+                        );
+                        dl.worker_placement
+                    })
+                }
+            },
         };
         for (key, bad) in [
             ("max_connections", limits.max_connections == 0),
