@@ -18,7 +18,7 @@ use crate::server::workers::{current_shard, SHARDS};
 
 /// How long the writer lets records gather before one `write(2)`: a burst costs one
 /// syscall instead of one per request, and a record is on disk within a few milliseconds.
-const BATCH_WINDOW: Duration = Duration::from_millis(2);
+const BATCH_WINDOW: Duration = Duration::from_millis(10);
 /// Records waiting beyond this, over all buffers, make writers wait.
 const MAX_PENDING_BYTES: usize = 8 << 20;
 /// The longest `flush` waits for the writer.
@@ -556,7 +556,9 @@ impl Drop for AuditLog {
 /// either the writer's look finds the record, or the producer finds the mark and, under
 /// `ctl` (held by the writer until it waits), wakes it.
 fn write_loop(sh: &Shared, mut out: Box<dyn Write + Send>) {
-    let mut batch: Vec<u8> = Vec::with_capacity(64 << 10);
+    // Each buffer's twin: the writer swaps a buffer out (no copy under its lock) and hands
+    // back the twin it wrote last time, emptied.
+    let mut twins: Vec<Vec<u8>> = (0..SHARDS).map(|_| Vec::new()).collect();
     let mut upto = [0u64; SHARDS];
     loop {
         {
@@ -588,18 +590,13 @@ fn write_loop(sh: &Shared, mut out: Box<dyn Write + Send>) {
         let mut records = 0;
         for (i, s) in sh.shards.iter().enumerate() {
             let mut st = lock(&s.0);
-            batch.extend_from_slice(&st.buf);
-            st.buf.clear();
-            // One burst must not pin a large buffer for the life of the process.
-            if st.buf.capacity() > 1 << 20 {
-                st.buf.shrink_to(64 << 10);
-            }
+            std::mem::swap(&mut st.buf, &mut twins[i]);
             records += std::mem::take(&mut st.records);
             upto[i] = st.appended;
         }
         // Room again for producers held back by a slow disk.
         sh.wake_waiters(&lock(&sh.ctl));
-        match out.write_all(&batch).and_then(|()| out.flush()) {
+        match write_all_vectored(&mut *out, &twins).and_then(|()| out.flush()) {
             Ok(()) => {
                 sh.written.fetch_add(records, Ordering::Relaxed);
             }
@@ -608,14 +605,36 @@ fn write_loop(sh: &Shared, mut out: Box<dyn Write + Send>) {
                 tracing::error!(error = %e, records, "audit records could not be written");
             }
         }
-        batch.clear();
-        if batch.capacity() > 4 << 20 {
-            batch.shrink_to(64 << 10);
+        for t in &mut twins {
+            t.clear();
+            // One burst must not pin a large buffer for the life of the process.
+            if t.capacity() > 1 << 20 {
+                t.shrink_to(64 << 10);
+            }
         }
         let mut ctl = lock(&sh.ctl);
         ctl.settled = upto;
         sh.wake_waiters(&ctl);
     }
+}
+
+/// Writes every buffer, in order, with as few `writev(2)` calls as the kernel allows.
+fn write_all_vectored(out: &mut dyn Write, bufs: &[Vec<u8>]) -> std::io::Result<()> {
+    let mut slices: Vec<std::io::IoSlice<'_>> = bufs
+        .iter()
+        .filter(|b| !b.is_empty())
+        .map(|b| std::io::IoSlice::new(b))
+        .collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        match out.write_vectored(rest) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => std::io::IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// RFC 3339 UTC timestamp with milliseconds, without pulling in a date crate.
