@@ -47,10 +47,15 @@ pub fn resolve_count(n: usize) -> usize {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Placement {
     /// The lowest-numbered worker that still has headroom (busy under `PACK_LOAD` of its
-    /// time), else the least busy one. A worker kept busy parks less often, and every park
-    /// is a context switch after which its caches are cold: on a loaded 2-core machine one
-    /// busy worker serves 1 KB requests with ~20% less CPU than two half-idle ones, and
-    /// leaves the other core to the upstream and the clients.
+    /// time) and has not yet taken `PACK_BURST` new connections since its load was last
+    /// measured, else the one that took the fewest since (the least busy among equals). A
+    /// worker kept busy parks less often, and every park is a context switch after which
+    /// its caches are cold: on a loaded 2-core machine one busy worker serves 1 KB requests
+    /// with ~10-20% less CPU than two half-idle ones, and leaves the other core to the
+    /// upstream and the clients. The burst cap matters because a connection stays on its
+    /// worker for life: a burst of accepts (a load balancer's pool, a client's 64
+    /// connections opened at once) comes before any of its load can be measured, and must
+    /// not all land on one worker.
     #[default]
     Pack,
     /// Round robin, whatever the load.
@@ -72,6 +77,8 @@ impl Placement {
 const PACK_LOAD: f64 = 0.7;
 /// Busy times are sampled at most this often (a burst of accepts reuses the sample).
 const SAMPLE_EVERY: Duration = Duration::from_millis(20);
+/// New connections one worker takes while packing, between two samples of its load.
+const PACK_BURST: u32 = 16;
 
 pub struct Workers {
     handles: Vec<Handle>,
@@ -88,6 +95,28 @@ struct Load {
     /// every park) and its busy fraction over the interval before.
     busy_at: Vec<Duration>,
     fraction: Vec<f64>,
+    /// Per worker: connections placed on it since `sampled_at`.
+    placed: Vec<u32>,
+}
+
+impl Load {
+    /// Picks the worker for one new connection (see `Placement::Pack`) and counts it.
+    fn place(&mut self) -> usize {
+        let n = self.fraction.len();
+        let i = (0..n)
+            .find(|&i| self.fraction[i] < PACK_LOAD && self.placed[i] < PACK_BURST)
+            .unwrap_or_else(|| {
+                (0..n)
+                    .min_by(|&a, &b| {
+                        self.placed[a]
+                            .cmp(&self.placed[b])
+                            .then(self.fraction[a].total_cmp(&self.fraction[b]))
+                    })
+                    .unwrap_or(0)
+            });
+        self.placed[i] += 1;
+        i
+    }
 }
 
 impl Workers {
@@ -120,6 +149,7 @@ impl Workers {
                 sampled_at: Instant::now(),
                 busy_at: vec![Duration::ZERO; n],
                 fraction: vec![0.0; n],
+                placed: vec![0; n],
             }),
             stop: Mutex::new(stop),
         })
@@ -149,10 +179,11 @@ impl Workers {
                 let d = busy.saturating_sub(load.busy_at[i]);
                 load.fraction[i] = (d.as_secs_f64() / dt.as_secs_f64()).min(1.0);
                 load.busy_at[i] = busy;
+                load.placed[i] = 0;
             }
             load.sampled_at = now;
         }
-        pack(&load.fraction)
+        load.place()
     }
 
     /// Busy fraction per worker over the last sample interval (for `/metrics`-style
@@ -192,21 +223,6 @@ impl Drop for Workers {
     }
 }
 
-/// The lowest-numbered worker under `PACK_LOAD`, else the least busy (the lowest-numbered
-/// among equals).
-fn pack(fraction: &[f64]) -> usize {
-    if let Some(i) = fraction.iter().position(|&f| f < PACK_LOAD) {
-        return i;
-    }
-    let mut best = 0;
-    for (i, &f) in fraction.iter().enumerate() {
-        if f < fraction[best] {
-            best = i;
-        }
-    }
-    best
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,15 +246,53 @@ mod tests {
         assert!(resolve_count(0) >= 1);
     }
 
+    /// The workers `n` placements pick from a fresh sample showing `fraction`.
+    fn picks(fraction: &[f64], n: usize) -> Vec<usize> {
+        let mut load = Load {
+            sampled_at: Instant::now(),
+            busy_at: vec![Duration::ZERO; fraction.len()],
+            fraction: fraction.to_vec(),
+            placed: vec![0; fraction.len()],
+        };
+        (0..n).map(|_| load.place()).collect()
+    }
+
+    fn per_worker(picks: &[usize], workers: usize) -> Vec<usize> {
+        (0..workers)
+            .map(|w| picks.iter().filter(|&&p| p == w).count())
+            .collect()
+    }
+
     #[test]
     fn pack_fills_the_first_worker_with_headroom() {
-        assert_eq!(pack(&[0.0, 0.0, 0.0]), 0);
-        assert_eq!(pack(&[0.69, 0.0]), 0);
-        assert_eq!(pack(&[0.7, 0.0]), 1);
-        assert_eq!(pack(&[0.9, 0.8, 0.2]), 2);
+        assert_eq!(picks(&[0.0, 0.0, 0.0], 1), vec![0]);
+        assert_eq!(picks(&[0.69, 0.0], 1), vec![0]);
+        assert_eq!(picks(&[0.7, 0.0], 1), vec![1]);
+        assert_eq!(picks(&[0.9, 0.8, 0.2], 1), vec![2]);
         // All busy: the least busy, the first among equals.
-        assert_eq!(pack(&[0.95, 0.8, 0.9]), 1);
-        assert_eq!(pack(&[1.0, 1.0]), 0);
+        assert_eq!(picks(&[0.95, 0.8, 0.9], 1), vec![1]);
+        assert_eq!(picks(&[1.0, 1.0], 1), vec![0]);
+        // A few connections at a time stay packed on the first worker.
+        assert_eq!(picks(&[0.1, 0.0], 8), vec![0; 8]);
+    }
+
+    #[test]
+    fn a_burst_of_accepts_is_spread_over_the_workers() {
+        // 64 connections at once, before any of their load shows: a burst's share each,
+        // then evenly.
+        let p = picks(&[0.0, 0.0], 64);
+        assert_eq!(&p[..PACK_BURST as usize], &[0; PACK_BURST as usize]);
+        assert_eq!(per_worker(&p, 2), vec![32, 32]);
+        assert_eq!(
+            per_worker(&picks(&[0.0, 0.0, 0.0, 0.0], 100), 4),
+            vec![25; 4]
+        );
+        // A busy worker takes nothing while the others have headroom, then its even share.
+        assert_eq!(per_worker(&picks(&[0.9, 0.0, 0.0], 32), 3), vec![0, 16, 16]);
+        assert_eq!(per_worker(&picks(&[0.9, 0.0, 0.0], 33), 3), vec![1, 16, 16]);
+        // All busy: spread evenly, the least busy first.
+        let p = picks(&[0.95, 0.8], 5);
+        assert_eq!(p, vec![1, 0, 1, 0, 1]);
     }
 
     #[test]
