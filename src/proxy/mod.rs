@@ -408,7 +408,8 @@ impl Gateway {
                     max_depth: self.settings.limits.max_json_depth,
                 };
                 // The whole body must arrive within the upstream timeout to be masked.
-                let filtered = tokio::time::timeout(us.timeout, job.run(resp))
+                // Boxed: kept out of the passthrough request's future (see `Upstream::send`).
+                let filtered = tokio::time::timeout(us.timeout, Box::pin(job.run(resp)))
                     .await
                     .map_err(|_| GatewayError::UpstreamTimeout)??;
                 // `run` read the body to its end (or streams it: then it is not given back).

@@ -199,7 +199,9 @@ impl Upstream {
                 },
             }
         }
-        let mut conn = self.connect(&uri).await?;
+        // Boxed: the connect future is large (connector, TLS and handshake states) and
+        // would otherwise sit inside every request's future, copied with it at each move.
+        let mut conn = Box::pin(self.connect(&uri)).await?;
         let resp = conn.send_request(req).await?;
         Ok((resp, lease(conn)))
     }
