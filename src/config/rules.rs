@@ -171,6 +171,8 @@ pub struct Route {
     /// catch-all pattern such as `*`).
     pub carries_phi: bool,
     pub line: u64,
+    /// `name` as the `X-Phigate-Route` value, made once (`None`: not a valid header value).
+    pub name_header: Option<http::HeaderValue>,
 }
 
 /// One immutable, validated, compiled rule set.
@@ -585,6 +587,7 @@ fn compile_routes(
             passthrough_headers,
             carries_phi: false,
             line: at.line,
+            name_header: http::HeaderValue::from_str(&r.name).ok(),
         });
     }
     Some((routes, matcher))

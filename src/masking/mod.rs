@@ -20,6 +20,7 @@ mod dfa;
 mod engine;
 pub mod path;
 mod stream;
+pub(crate) use stream::needs_escape;
 #[cfg(test)]
 mod tests;
 

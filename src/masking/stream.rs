@@ -250,7 +250,7 @@ fn first_special(s: &[u8]) -> Option<usize> {
 
 /// Whether serde_json escapes anything in `s` (it escapes only '"', '\\' and controls).
 #[inline]
-fn needs_escape(s: &[u8]) -> bool {
+pub(crate) fn needs_escape(s: &[u8]) -> bool {
     first_special(s).is_some()
 }
 

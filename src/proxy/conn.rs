@@ -43,6 +43,8 @@ pub struct Caller {
     pub granted_json: Vec<u8>,
     /// Permitted and masked with this set; `None`: permitted raw, or refused.
     pub mask: Option<Arc<FieldSet>>,
+    /// The user as the `X-Phigate-User` value, made once (`None`: not a valid header value).
+    pub user_header: Option<HeaderValue>,
 }
 
 impl Caller {
@@ -58,6 +60,7 @@ impl Caller {
         Caller {
             header: header.as_bytes().into(),
             granted_json: crate::audit::granted_by_json(&verdicts),
+            user_header: HeaderValue::from_str(&identity.user).ok(),
             rules,
             route,
             identity,

@@ -85,69 +85,98 @@ fn is_framing_lookalike(name: &str) -> bool {
         .any(|t| folds_to(n, t.as_bytes()))
 }
 
-/// Checks a client's request headers for things that make the request ambiguous.
-pub fn check_request_headers(h: &HeaderMap) -> Result<(), GatewayError> {
-    if h.get_all(header::AUTHORIZATION).iter().count() > 1 {
-        return Err(GatewayError::BadRequest(
-            "more than one Authorization header",
-        ));
-    }
-    if h.get_all(header::HOST).iter().count() > 1 {
-        return Err(GatewayError::BadRequest("more than one Host header"));
-    }
-    Ok(())
+/// What the request checks need of a head, gathered in one pass over its fields (one
+/// hashed lookup per header name asked about would cost more than the pass).
+pub struct HeadScan<'a> {
+    /// Fields, as HTTP/1 counts them (`name: value\r\n`), plus the request target.
+    bytes: usize,
+    fields: usize,
+    authorization: usize,
+    host: usize,
+    content_length: usize,
+    transfer_encoding: usize,
+    first_te: Option<&'a http::HeaderValue>,
 }
 
-/// The request head limits (431): number of header fields and their total size, counted
-/// as in HTTP/1 (`name: value\r\n`) plus the request target, whatever the protocol.
-pub fn check_header_limits(
-    h: &HeaderMap,
-    target_len: usize,
-    max_bytes: u64,
-    max_count: usize,
-) -> Result<(), GatewayError> {
-    if h.len() > max_count {
-        return Err(GatewayError::HeadersTooLarge("too many header fields"));
+impl<'a> HeadScan<'a> {
+    pub fn new(h: &'a HeaderMap, target_len: usize) -> HeadScan<'a> {
+        let mut s = HeadScan {
+            bytes: target_len,
+            fields: h.len(),
+            authorization: 0,
+            host: 0,
+            content_length: 0,
+            transfer_encoding: 0,
+            first_te: None,
+        };
+        for (k, v) in h {
+            s.bytes += k.as_str().len() + v.len() + 4;
+            if k == header::AUTHORIZATION {
+                s.authorization += 1;
+            } else if k == header::HOST {
+                s.host += 1;
+            } else if k == header::CONTENT_LENGTH {
+                s.content_length += 1;
+            } else if k == header::TRANSFER_ENCODING {
+                s.transfer_encoding += 1;
+                s.first_te.get_or_insert(v);
+            }
+        }
+        s
     }
-    let size = h
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum::<usize>()
-        + target_len;
-    if size as u64 > max_bytes {
-        return Err(GatewayError::HeadersTooLarge("request head too large"));
-    }
-    Ok(())
-}
 
-/// HTTP/1 message framing (RFC 9112 6): one way to find the body's end, or a 400.
-/// hyper already refuses conflicting Content-Length values and a Transfer-Encoding that
-/// does not end in `chunked`; this also refuses what it tolerates: Content-Length together
-/// with Transfer-Encoding, Transfer-Encoding on HTTP/1.0, and any coding but a single
-/// `chunked` (no obfuscated or stacked codings are passed on).
-pub fn check_http1_framing(version: http::Version, h: &HeaderMap) -> Result<(), GatewayError> {
-    let te: Vec<_> = h.get_all(header::TRANSFER_ENCODING).iter().collect();
-    let cl = h.get_all(header::CONTENT_LENGTH).iter().count();
-    if cl > 1 {
-        return Err(GatewayError::BadRequest("more than one Content-Length"));
+    /// The request head limits (431): number of header fields and their total size,
+    /// whatever the protocol.
+    pub fn check_limits(&self, max_bytes: u64, max_count: usize) -> Result<(), GatewayError> {
+        if self.fields > max_count {
+            return Err(GatewayError::HeadersTooLarge("too many header fields"));
+        }
+        if self.bytes as u64 > max_bytes {
+            return Err(GatewayError::HeadersTooLarge("request head too large"));
+        }
+        Ok(())
     }
-    if te.is_empty() {
-        return Ok(());
+
+    /// Fields that make the request ambiguous when repeated.
+    pub fn check_repeats(&self) -> Result<(), GatewayError> {
+        if self.authorization > 1 {
+            return Err(GatewayError::BadRequest(
+                "more than one Authorization header",
+            ));
+        }
+        if self.host > 1 {
+            return Err(GatewayError::BadRequest("more than one Host header"));
+        }
+        Ok(())
     }
-    if cl > 0 {
-        return Err(GatewayError::BadRequest(
-            "both Content-Length and Transfer-Encoding",
-        ));
+
+    /// HTTP/1 message framing (RFC 9112 6): one way to find the body's end, or a 400.
+    /// hyper already refuses conflicting Content-Length values and a Transfer-Encoding
+    /// that does not end in `chunked`; this also refuses what it tolerates: Content-Length
+    /// together with Transfer-Encoding, Transfer-Encoding on HTTP/1.0, and any coding but
+    /// a single `chunked` (no obfuscated or stacked codings are passed on).
+    pub fn check_http1_framing(&self, version: http::Version) -> Result<(), GatewayError> {
+        if self.content_length > 1 {
+            return Err(GatewayError::BadRequest("more than one Content-Length"));
+        }
+        let Some(te) = self.first_te else {
+            return Ok(());
+        };
+        if self.content_length > 0 {
+            return Err(GatewayError::BadRequest(
+                "both Content-Length and Transfer-Encoding",
+            ));
+        }
+        if version == http::Version::HTTP_10 || version == http::Version::HTTP_09 {
+            return Err(GatewayError::BadRequest("Transfer-Encoding on HTTP/1.0"));
+        }
+        if self.transfer_encoding != 1 || !te.as_bytes().eq_ignore_ascii_case(b"chunked") {
+            return Err(GatewayError::BadRequest(
+                "Transfer-Encoding other than 'chunked'",
+            ));
+        }
+        Ok(())
     }
-    if version == http::Version::HTTP_10 || version == http::Version::HTTP_09 {
-        return Err(GatewayError::BadRequest("Transfer-Encoding on HTTP/1.0"));
-    }
-    if te.len() != 1 || !te[0].as_bytes().eq_ignore_ascii_case(b"chunked") {
-        return Err(GatewayError::BadRequest(
-            "Transfer-Encoding other than 'chunked'",
-        ));
-    }
-    Ok(())
 }
 
 fn is_hop_by_hop(n: &str) -> bool {
@@ -194,26 +223,34 @@ impl Doomed {
 
 /// Removes everything a client may not forward. `keep_authorization` is the upstream's choice.
 pub fn sanitize_request_headers(h: &mut HeaderMap, keep_authorization: bool) {
-    remove_connection_listed(h);
     // One pass over the few headers a request has, rather than one hashed lookup per
     // name we might drop.
     let mut drop = Doomed::default();
+    let mut connection = false;
     for k in h.keys() {
+        connection |= k == header::CONNECTION;
         if client_may_not_send(k.as_str(), keep_authorization) {
             drop.push(k.clone());
         }
+    }
+    if connection {
+        remove_connection_listed(h);
     }
     drop.remove_from(h);
 }
 
 /// Removes hop-by-hop headers from an upstream response.
 pub fn sanitize_response_headers(h: &mut HeaderMap) {
-    remove_connection_listed(h);
     let mut drop = Doomed::default();
+    let mut connection = false;
     for k in h.keys() {
+        connection |= k == header::CONNECTION;
         if is_hop_by_hop(k.as_str()) {
             drop.push(k.clone());
         }
+    }
+    if connection {
+        remove_connection_listed(h);
     }
     drop.remove_from(h);
 }
@@ -360,6 +397,56 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append("authorization", HeaderValue::from_static("Bearer a"));
         h.append("authorization", HeaderValue::from_static("Bearer b"));
-        assert!(check_request_headers(&h).is_err());
+        assert!(HeadScan::new(&h, 0).check_repeats().is_err());
+    }
+
+    #[test]
+    fn one_pass_counts_what_the_checks_need() {
+        use http::Version;
+        let scan = |pairs: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (n, v) in pairs {
+                h.append(
+                    HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            h
+        };
+        let ok = scan(&[
+            ("host", "a"),
+            ("authorization", "Bearer t"),
+            ("accept", "*/*"),
+        ]);
+        let s = HeadScan::new(&ok, 10);
+        // 10 + "host: a\r\n" (4+1+4) + 13+8+4 + 6+3+4
+        assert_eq!(s.bytes, 10 + 9 + 25 + 13);
+        assert!(s.check_limits(57, 3).is_ok());
+        assert!(s.check_limits(56, 3).is_err());
+        assert!(s.check_limits(57, 2).is_err());
+        assert!(s.check_repeats().is_ok());
+        assert!(s.check_http1_framing(Version::HTTP_11).is_ok());
+        let two_hosts = scan(&[("host", "a"), ("host", "b")]);
+        assert!(HeadScan::new(&two_hosts, 0).check_repeats().is_err());
+        let framing = |pairs: &[(&str, &str)], v| {
+            let h = scan(pairs);
+            let r = HeadScan::new(&h, 0).check_http1_framing(v);
+            r.map_err(|e| e.to_string())
+        };
+        assert!(framing(&[("transfer-encoding", "chunked")], Version::HTTP_11).is_ok());
+        assert!(framing(&[("transfer-encoding", "Chunked")], Version::HTTP_11).is_ok());
+        assert!(framing(&[("content-length", "1")], Version::HTTP_11).is_ok());
+        for bad in [
+            &[("content-length", "1"), ("content-length", "1")][..],
+            &[("content-length", "1"), ("transfer-encoding", "chunked")],
+            &[("transfer-encoding", "gzip")],
+            &[
+                ("transfer-encoding", "chunked"),
+                ("transfer-encoding", "chunked"),
+            ],
+        ] {
+            assert!(framing(bad, Version::HTTP_11).is_err(), "{bad:?}");
+        }
+        assert!(framing(&[("transfer-encoding", "chunked")], Version::HTTP_10).is_err());
     }
 }

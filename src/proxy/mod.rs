@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use http::{header, HeaderValue, Method, Request, Response, Uri, Version};
+use http::{header, HeaderValue, Method, Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
@@ -160,11 +160,13 @@ impl Gateway {
     /// Audit and count every request, allowed or refused.
     fn finish(&self, ctx: &RequestCtx, status: http::StatusCode, refusal: Option<&GatewayError>) {
         let m = &self.metrics;
+        // One clock read for the metrics and the audit record.
+        let latency = ctx.started.elapsed();
         m.request(
             ctx.route().map(|r| r.name.as_str()),
             refusal.is_none(),
             status.as_u16(),
-            ctx.started.elapsed(),
+            latency,
         );
         match refusal {
             Some(GatewayError::UpstreamUnavailable) => {
@@ -178,7 +180,7 @@ impl Gateway {
         if let Some(r) = &ctx.masked {
             m.masked(r.count as u64);
         }
-        self.audit.request(ctx, status, refusal);
+        self.audit.request(ctx, status, refusal, latency);
     }
 
     async fn phases(
@@ -291,24 +293,27 @@ impl Gateway {
                 return Err(GatewayError::PayloadTooLarge);
             }
         }
-        let mut path_and_query = format!("{}{}", us.base_path, canonical);
-        if let Some(q) = parts.uri.query() {
+        let query = parts.uri.query();
+        let mut path_and_query = String::with_capacity(
+            us.base_path.len() + canonical.len() + query.map_or(0, |q| q.len() + 1),
+        );
+        path_and_query.push_str(&us.base_path);
+        path_and_query.push_str(canonical);
+        if let Some(q) = query {
             path_and_query.push('?');
             path_and_query.push_str(q);
         }
-        let uri = Uri::builder()
-            .scheme(us.scheme.clone())
-            .authority(us.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
+        let target = http::uri::PathAndQuery::try_from(path_and_query)
             .map_err(|_| GatewayError::BadRequest("request target cannot be forwarded"))?;
         let mut headers = parts.headers;
-        let original_host = parts.uri.authority().map(|a| a.to_string()).or_else(|| {
-            headers
+        // h2's `:authority`, else the Host header (checked by `check_request`).
+        let original_host = match parts.uri.authority() {
+            Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+            None => headers
                 .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        });
+                .filter(|h| h.to_str().is_ok())
+                .cloned(),
+        };
         headers::sanitize_request_headers(&mut headers, us.forward_authorization);
         if ctx.mask().is_some() {
             filter::prepare_masked_request(&mut headers);
@@ -325,13 +330,17 @@ impl Gateway {
             headers::X_FORWARDED_PROTO,
             HeaderValue::from_static("https"),
         );
-        if let Some(host) = &original_host {
-            add(&mut headers, headers::X_FORWARDED_HOST, host);
+        if let Some(host) = original_host {
+            headers.insert(headers::X_FORWARDED_HOST, host);
         }
         add(&mut headers, headers::X_REQUEST_ID, &ctx.request_id);
-        add(&mut headers, headers::X_PHIGATE_ROUTE, &route.name);
+        if let Some(v) = &route.name_header {
+            headers.insert(headers::X_PHIGATE_ROUTE, v.clone());
+        }
         if let Some(c) = &ctx.caller {
-            add(&mut headers, headers::X_PHIGATE_USER, &c.identity.user);
+            if let Some(v) = &c.user_header {
+                headers.insert(headers::X_PHIGATE_USER, v.clone());
+            }
             headers.insert(
                 headers::X_PHIGATE_DATA_ACCESS,
                 HeaderValue::from_static(c.resolved.data_access.as_str()),
@@ -353,11 +362,10 @@ impl Gateway {
             .boxed_unsync();
         let mut out = Request::new(body);
         *out.method_mut() = parts.method;
-        *out.uri_mut() = uri;
         *out.headers_mut() = headers;
         *out.version_mut() = Version::HTTP_11;
 
-        let sent = tokio::time::timeout(us.timeout, upstream.send(out)).await;
+        let sent = tokio::time::timeout(us.timeout, upstream.send(out, target)).await;
         let (resp, lease) = match sent {
             _ if too_large.load(Ordering::Relaxed) => return Err(GatewayError::PayloadTooLarge),
             Err(_) => return Err(GatewayError::UpstreamTimeout),
@@ -446,18 +454,17 @@ fn check_request(
     req: &Request<Incoming>,
     limits: &crate::config::settings::Limits,
 ) -> Result<String, GatewayError> {
-    headers::check_header_limits(
+    let scan = headers::HeadScan::new(
         req.headers(),
         req.uri().path_and_query().map_or(0, |p| p.as_str().len()),
-        limits.max_header_bytes,
-        limits.max_headers,
-    )?;
+    );
+    scan.check_limits(limits.max_header_bytes, limits.max_headers)?;
     if req.method() == Method::CONNECT {
         return Err(GatewayError::BadRequest("CONNECT is not supported"));
     }
-    headers::check_request_headers(req.headers())?;
+    scan.check_repeats()?;
     if req.version() != Version::HTTP_2 {
-        headers::check_http1_framing(req.version(), req.headers())?;
+        scan.check_http1_framing(req.version())?;
     }
     let uri = req.uri();
     let host_header = req.headers().get(header::HOST);

@@ -33,6 +33,10 @@ pub struct Upstream {
     /// h2 upstreams only: one multiplexed connection serves many requests at once, which
     /// is what hyper-util's pool is made for.
     h2: Option<Client<Connector, Body>>,
+    /// `scheme://authority/`, what the connector dials.
+    origin: Uri,
+    /// The `Host` of every HTTP/1.1 request, made once.
+    host: http::HeaderValue,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -143,11 +147,21 @@ impl Upstream {
                 .http2_only(true)
                 .build(connector.clone())
         });
+        let origin = Uri::builder()
+            .scheme(s.scheme.clone())
+            .authority(s.authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| UpstreamError::Tls(s.name.clone(), e.to_string()))?;
+        let host = http::HeaderValue::from_str(s.authority.as_str())
+            .map_err(|e| UpstreamError::Tls(s.name.clone(), e.to_string()))?;
         Ok(Upstream {
             settings: s.clone(),
             connector,
             idle: (0..slots.max(1)).map(|_| Arc::default()).collect(),
             h2,
+            origin,
+            host,
         })
     }
 
@@ -156,27 +170,26 @@ impl Upstream {
         &self.idle[crate::server::workers::current_slot() % self.idle.len()]
     }
 
-    /// Sends `req` (its URI in absolute form) and returns the response head, with the
-    /// HTTP/1.1 connection lent to it. A request that was never written on a reused
-    /// connection (it closed in the meantime) is sent again on another.
+    /// Sends `req` to `target` (origin form: path and query) and returns the response
+    /// head, with the HTTP/1.1 connection lent to it. A request that was never written on
+    /// a reused connection (it closed in the meantime) is sent again on another.
     pub async fn send(
         &self,
         mut req: Request<Body>,
+        target: http::uri::PathAndQuery,
     ) -> Result<(Response<Incoming>, Option<Lease>), BoxError> {
         if let Some(h2) = &self.h2 {
+            *req.uri_mut() = Uri::builder()
+                .scheme(self.settings.scheme.clone())
+                .authority(self.settings.authority.clone())
+                .path_and_query(target)
+                .build()?;
             return Ok((h2.request(req).await?, None));
         }
-        // HTTP/1.1 to an origin server: origin-form target, and a Host header.
-        let uri = req.uri().clone();
-        if !req.headers().contains_key(http::header::HOST) {
-            if let Some(a) = uri.authority() {
-                let host = http::HeaderValue::from_str(a.as_str())?;
-                req.headers_mut().insert(http::header::HOST, host);
-            }
-        }
-        *req.uri_mut() = uri
-            .path_and_query()
-            .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
+        // HTTP/1.1 to an origin server: origin-form target, and the upstream's Host.
+        *req.uri_mut() = Uri::from(target);
+        req.headers_mut()
+            .insert(http::header::HOST, self.host.clone());
         let list = self.idle_list();
         let lease = |conn| {
             Some(Lease {
@@ -201,15 +214,15 @@ impl Upstream {
         }
         // Boxed: the connect future is large (connector, TLS and handshake states) and
         // would otherwise sit inside every request's future, copied with it at each move.
-        let mut conn = Box::pin(self.connect(&uri)).await?;
+        let mut conn = Box::pin(self.connect()).await?;
         let resp = conn.send_request(req).await?;
         Ok((resp, lease(conn)))
     }
 
     /// A new HTTP/1.1 connection, driven by a task on the calling worker.
-    async fn connect(&self, uri: &Uri) -> Result<http1::SendRequest<Body>, BoxError> {
+    async fn connect(&self) -> Result<http1::SendRequest<Body>, BoxError> {
         let mut connector = self.connector.clone();
-        let io = tower_service::Service::call(&mut connector, uri.clone()).await?;
+        let io = tower_service::Service::call(&mut connector, self.origin.clone()).await?;
         let (conn, driver) = http1::Builder::new().handshake(io).await?;
         tokio::spawn(async move {
             if let Err(e) = driver.await {

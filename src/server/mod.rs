@@ -256,8 +256,9 @@ struct InFlight(Arc<Activity>);
 
 impl InFlight {
     fn new(a: Arc<Activity>) -> Self {
+        // No touch: while a request is in flight the connection is not idle whatever the
+        // time, and the drop below marks when it ended.
         a.in_flight.fetch_add(1, Ordering::Relaxed);
-        a.touch();
         InFlight(a)
     }
 }
