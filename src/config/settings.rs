@@ -182,7 +182,7 @@ pub struct Limits {
     /// Threads serving connections, each with its own event loop and upstream pool
     /// (0: one per available core).
     pub workers: usize,
-    /// Which worker a new connection goes to: `pack` (default) or `spread`.
+    /// Which worker a new connection goes to: `spread` (default) or `pack`.
     pub worker_placement: crate::server::workers::Placement,
 }
 
@@ -201,7 +201,7 @@ impl Default for Limits {
             max_json_depth: 128,
             shutdown_deadline: Duration::from_secs(30),
             workers: 0,
-            worker_placement: crate::server::workers::Placement::Pack,
+            worker_placement: crate::server::workers::Placement::Spread,
         }
     }
 }
@@ -551,6 +551,20 @@ admin: { listen: \"127.0.0.1:9901\" }
         let msg = err.to_string();
         assert!(msg.starts_with("p.yaml:4:"), "{msg}");
         assert!(msg.contains("rulez"), "{msg}");
+    }
+
+    #[test]
+    fn worker_placement_defaults_to_spread_and_names_a_bad_value() {
+        use crate::server::workers::Placement;
+        let s = Settings::from_yaml(Path::new("p.yaml"), GOOD, &env).unwrap();
+        assert_eq!(s.limits.worker_placement, Placement::Spread);
+        let text = format!("{GOOD}limits:\n  worker_placement: pack\n");
+        let s = Settings::from_yaml(Path::new("p.yaml"), &text, &env).unwrap();
+        assert_eq!(s.limits.worker_placement, Placement::Pack);
+        let text = format!("{GOOD}limits:\n  worker_placement: densest\n");
+        let err = Settings::from_yaml(Path::new("p.yaml"), &text, &env).unwrap_err();
+        assert!(err.to_string().starts_with("p.yaml:13:"), "{err}");
+        assert!(err.to_string().contains("densest"), "{err}");
     }
 
     #[test]

@@ -46,20 +46,22 @@ pub fn resolve_count(n: usize) -> usize {
 /// How new connections are placed on the workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Placement {
+    /// Round robin, whatever the load (the default). A connection stays on its worker for
+    /// life, so only an even spread keeps every core serving when a few connections carry
+    /// heavy traffic (8 connections of masked 64 KB lists: ~8,000 req/s spread, ~4,900
+    /// packed on one worker; benches/RESULTS.md).
+    #[default]
+    Spread,
     /// The lowest-numbered worker that still has headroom (busy under `PACK_LOAD` of its
     /// time) and has not yet taken `PACK_BURST` new connections since its load was last
     /// measured, else the one that took the fewest since (the least busy among equals). A
     /// worker kept busy parks less often, and every park is a context switch after which
-    /// its caches are cold: on a loaded 2-core machine one busy worker serves 1 KB requests
-    /// with ~10-20% less CPU than two half-idle ones, and leaves the other core to the
-    /// upstream and the clients. The burst cap matters because a connection stays on its
-    /// worker for life: a burst of accepts (a load balancer's pool, a client's 64
-    /// connections opened at once) comes before any of its load can be measured, and must
-    /// not all land on one worker.
-    #[default]
+    /// its caches are cold: for light traffic one busy worker can serve small requests
+    /// with less CPU than two half-idle ones, and leaves the other cores to the rest of the
+    /// machine. The burst cap matters because a connection stays on its worker for life: a
+    /// burst of accepts (a load balancer's pool, a client's 64 connections opened at once)
+    /// comes before any of its load can be measured, and must not all land on one worker.
     Pack,
-    /// Round robin, whatever the load.
-    Spread,
 }
 
 impl Placement {
