@@ -349,17 +349,26 @@ impl Gateway {
         // The body streams through; past the limit it fails, the upstream request is
         // aborted (the upstream sees an unfinished message and a closed connection) and
         // the client gets 413, with or without a Content-Length.
-        let limit = self.settings.limits.max_request_body as usize;
-        let too_large = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = too_large.clone();
-        let body: Body = http_body_util::Limited::new(body, limit)
-            .map_err(move |e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    flag.store(true, Ordering::Relaxed);
-                }
-                e
-            })
-            .boxed_unsync();
+        // A request with no body at all (most GETs) sends an empty one: no limit to watch.
+        let too_large = (!http_body::Body::is_end_stream(&body))
+            .then(|| Arc::new(std::sync::atomic::AtomicBool::new(false)));
+        let body: Body = match &too_large {
+            None => http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+            Some(flag) => {
+                let flag = flag.clone();
+                let limit = self.settings.limits.max_request_body as usize;
+                http_body_util::Limited::new(body, limit)
+                    .map_err(move |e| {
+                        if e.is::<http_body_util::LengthLimitError>() {
+                            flag.store(true, Ordering::Relaxed);
+                        }
+                        e
+                    })
+                    .boxed_unsync()
+            }
+        };
         let mut out = Request::new(body);
         *out.method_mut() = parts.method;
         *out.headers_mut() = headers;
@@ -367,7 +376,9 @@ impl Gateway {
 
         let sent = tokio::time::timeout(us.timeout, upstream.send(out, target)).await;
         let (resp, lease) = match sent {
-            _ if too_large.load(Ordering::Relaxed) => return Err(GatewayError::PayloadTooLarge),
+            _ if too_large.is_some_and(|f| f.load(Ordering::Relaxed)) => {
+                return Err(GatewayError::PayloadTooLarge)
+            }
             Err(_) => return Err(GatewayError::UpstreamTimeout),
             Ok(Err(e)) => {
                 tracing::warn!(upstream = %us.name, error = %e, "upstream request failed");
