@@ -156,6 +156,8 @@ def main():
     ap.add_argument("--audit", default="file", choices=["file", "discard"])
     ap.add_argument("--fields", default="bench", choices=["bench", "patient"])
     ap.add_argument("--no-extras", action="store_true", help="skip the half-peak latency and idle-connection runs")
+    ap.add_argument("--placement", default="spread", choices=["spread", "pack"],
+                    help="phigate's limits.worker_placement (how connections go to its workers)")
     a = ap.parse_args()
     if a.smoke:
         a.reps, a.duration, a.conns, a.sizes, a.no_extras = 1, 1, "8", "small", True
@@ -172,11 +174,12 @@ def main():
     nginx_tls = [tls_master] + children(tls_master)
 
     gw_dir = os.path.join(a.out, "gateway")
-    gw = subprocess.Popen([a.gateway_bin, "serve", "--dir", gw_dir, "--audit", a.audit, "--fields", a.fields],
+    gw = subprocess.Popen([a.gateway_bin, "serve", "--dir", gw_dir, "--audit", a.audit, "--fields", a.fields,
+                           "--placement", a.placement],
                           stdout=subprocess.PIPE, stderr=open(os.path.join(a.out, "gateway.stderr"), "w"), text=True)
     info = json.loads(gw.stdout.readline())
     gpid, gaddr = info["pid"], info["addr"]
-    log(f"phigate pid {gpid} on {gaddr} (fields: {a.fields}, audit: {a.audit})")
+    log(f"phigate pid {gpid} on {gaddr} (fields: {a.fields}, audit: {a.audit}, placement: {a.placement})")
     bearer = lambda t: f"Authorization: Bearer {t}"
     spec = {
         "upstream": ("http://127.0.0.1:18080/patients/{f}.json", None, nginx_up),
