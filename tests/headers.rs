@@ -60,6 +60,11 @@ TE: trailers\r\nUpgrade-Insecure-Requests: 1\r\nX-Kept: yes\r\n\r\n"
         seen.headers
     );
     assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+    // The client's Host travels as X-Forwarded-Host; Host is the upstream's own.
+    assert_eq!(seen.header("x-forwarded-host"), Some("localhost"));
+    let upstream_host = h.upstream.addr.to_string();
+    assert_eq!(seen.header("host"), Some(upstream_host.as_str()));
     assert_ne!(seen.header("x-request-id"), Some("spoofed"));
     assert_eq!(seen.header("x-kept"), Some("yes"));
     assert_eq!(seen.method, "GET");
