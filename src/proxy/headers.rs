@@ -96,6 +96,8 @@ pub struct HeadScan<'a> {
     content_length: usize,
     transfer_encoding: usize,
     first_te: Option<&'a http::HeaderValue>,
+    /// The (first) Host value.
+    pub host_value: Option<&'a http::HeaderValue>,
 }
 
 impl<'a> HeadScan<'a> {
@@ -108,6 +110,7 @@ impl<'a> HeadScan<'a> {
             content_length: 0,
             transfer_encoding: 0,
             first_te: None,
+            host_value: None,
         };
         for (k, v) in h {
             s.bytes += k.as_str().len() + v.len() + 4;
@@ -115,6 +118,7 @@ impl<'a> HeadScan<'a> {
                 s.authorization += 1;
             } else if k == header::HOST {
                 s.host += 1;
+                s.host_value.get_or_insert(v);
             } else if k == header::CONTENT_LENGTH {
                 s.content_length += 1;
             } else if k == header::TRANSFER_ENCODING {
@@ -223,36 +227,30 @@ impl Doomed {
 
 /// Removes everything a client may not forward. `keep_authorization` is the upstream's choice.
 pub fn sanitize_request_headers(h: &mut HeaderMap, keep_authorization: bool) {
-    // One pass over the few headers a request has, rather than one hashed lookup per
-    // name we might drop.
-    let mut drop = Doomed::default();
-    let mut connection = false;
-    for k in h.keys() {
-        connection |= k == header::CONNECTION;
-        if client_may_not_send(k.as_str(), keep_authorization) {
-            drop.push(k.clone());
-        }
-    }
-    if connection {
-        remove_connection_listed(h);
-    }
-    drop.remove_from(h);
+    remove_where(h, |n| client_may_not_send(n, keep_authorization));
 }
 
 /// Removes hop-by-hop headers from an upstream response.
 pub fn sanitize_response_headers(h: &mut HeaderMap) {
-    let mut drop = Doomed::default();
+    remove_where(h, is_hop_by_hop);
+}
+
+/// Removes the names a `Connection` header lists, then every name `drop` picks: one pass
+/// over the few headers a message has, rather than one hashed lookup per name we might
+/// drop (and none for `Connection` when there is none).
+fn remove_where(h: &mut HeaderMap, drop: impl Fn(&str) -> bool) {
+    let mut doomed = Doomed::default();
     let mut connection = false;
     for k in h.keys() {
         connection |= k == header::CONNECTION;
-        if is_hop_by_hop(k.as_str()) {
-            drop.push(k.clone());
+        if drop(k.as_str()) {
+            doomed.push(k.clone());
         }
     }
     if connection {
         remove_connection_listed(h);
     }
-    drop.remove_from(h);
+    doomed.remove_from(h);
 }
 
 /// Removes the headers a `Connection` header lists. Both callers then remove every
@@ -425,6 +423,7 @@ mod tests {
         assert!(s.check_limits(56, 3).is_err());
         assert!(s.check_limits(57, 2).is_err());
         assert!(s.check_repeats().is_ok());
+        assert_eq!(s.host_value.map(|v| v.as_bytes()), Some(&b"a"[..]));
         assert!(s.check_http1_framing(Version::HTTP_11).is_ok());
         let two_hosts = scan(&[("host", "a"), ("host", "b")]);
         assert!(HeadScan::new(&two_hosts, 0).check_repeats().is_err());

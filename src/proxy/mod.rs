@@ -478,7 +478,7 @@ fn check_request(
         scan.check_http1_framing(req.version())?;
     }
     let uri = req.uri();
-    let host_header = req.headers().get(header::HOST);
+    let host_header = scan.host_value;
     if req.version() == Version::HTTP_2 {
         // h2: `:authority` is the authority; a Host header, if any, must agree.
         match (uri.authority(), host_header) {

@@ -45,6 +45,8 @@ pub enum UpstreamError {
     Ca(String, String, String),
     #[error("upstream '{0}': {1}")]
     Tls(String, String),
+    #[error("upstream '{0}': address not usable in a request: {1}")]
+    Address(String, String),
 }
 
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -152,9 +154,9 @@ impl Upstream {
             .authority(s.authority.clone())
             .path_and_query("/")
             .build()
-            .map_err(|e| UpstreamError::Tls(s.name.clone(), e.to_string()))?;
+            .map_err(|e| UpstreamError::Address(s.name.clone(), e.to_string()))?;
         let host = http::HeaderValue::from_str(s.authority.as_str())
-            .map_err(|e| UpstreamError::Tls(s.name.clone(), e.to_string()))?;
+            .map_err(|e| UpstreamError::Address(s.name.clone(), e.to_string()))?;
         Ok(Upstream {
             settings: s.clone(),
             connector,
