@@ -15,6 +15,11 @@
 //!       connection. Same TLS setup and JSON line as `serve`. What phigate costs above this
 //!       is phigate's; what this costs above nginx is the stack's.
 //!
+//!   bench_gateway mask [--size 1KB|64KB|1MB] [--fields bench|patient] [--n 1000]
+//!       Masks the synthetic patient list of that size N times in this process (the gateway's
+//!       allocator, no I/O) and prints the time per document: the masker alone, for perf and
+//!       callgrind (instructions per document = total / N).
+//!
 //!   bench_gateway idle --addr A --ca FILE --token T [--conns 1000] [--hold 5] [--pid PID]
 //!       Opens N TLS keep-alive connections, makes one request on each, then holds them idle
 //!       and prints the gateway's VmRSS (of --pid) before and while they are held (JSON).
@@ -107,11 +112,52 @@ fn main() {
     if cmd == "floor" {
         return floor(a);
     }
+    if cmd == "mask" {
+        return mask(a);
+    }
     match cmd.as_str() {
         "serve" => rt.block_on(serve(a)),
         "idle" => rt.block_on(idle(a)),
-        _ => die("usage: bench_gateway serve|idle [--flag value]..."),
+        _ => die("usage: bench_gateway serve|floor|mask|idle [--flag value]..."),
     }
+}
+
+fn mask(a: HashMap<String, String>) {
+    let size = a.get("size").map_or("64KB", String::as_str);
+    let bytes = common::SIZES
+        .iter()
+        .find(|(label, _)| *label == size)
+        .unwrap_or_else(|| die("--size is 1KB, 64KB or 1MB"))
+        .1;
+    let set = a.get("fields").map_or("bench", String::as_str);
+    let n: u32 = a
+        .get("n")
+        .map_or("1000", String::as_str)
+        .parse()
+        .unwrap_or_else(|_| die("bad --n"));
+    let key = |_: &str| Some("bench-pseudonym-key".to_string());
+    let rules =
+        phigate::masking::FieldRules::compile(&fields_yaml(), Some("dpo@bench.example"), &key)
+            .unwrap_or_else(|e| die(&format!("field rules: {e:?}")));
+    let set = rules
+        .set(set)
+        .unwrap_or_else(|| die("--fields is bench or patient"))
+        .clone();
+    let body = common::patient_list(bytes);
+    let start = std::time::Instant::now();
+    let mut out_len = 0;
+    for _ in 0..n {
+        let (out, report) = set
+            .mask_document(std::hint::black_box(&body), 128)
+            .expect("masks");
+        out_len = out.len();
+        std::hint::black_box(report);
+    }
+    let per = start.elapsed() / n;
+    println!(
+        "{size}: {} -> {out_len} bytes, {per:?} per document",
+        body.len()
+    );
 }
 
 async fn serve(a: HashMap<String, String>) {

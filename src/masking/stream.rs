@@ -54,6 +54,10 @@ struct Names<'a> {
     /// before skips the hash, the DFA class lookup and the key-rule memo. Kept across
     /// objects (`list` is not).
     pred: Vec<Pred<'a>>,
+    /// `pred[..distinct]` are the names of the last object finished at this depth, in
+    /// order (so pairwise different: it passed the duplicate check). An object whose names
+    /// equal them position by position has no duplicates among those, and skips the check.
+    distinct: usize,
 }
 
 /// One member's name resolved in one DFA state (all pure functions of the two).
@@ -817,10 +821,13 @@ impl<'a> Stream<'_, '_, 'a> {
         n.list.clear();
         n.bloom = 0;
         n.set.clear();
+        // Members up to here equal `pred` (and so are known distinct): no duplicate check.
+        let mut known = n.distinct;
         self.i += 1;
         self.ws();
         if self.peek()? == b'}' {
             self.i += 1;
+            self.names[depth].distinct = 0;
             return Ok(());
         }
         let has_keys = !self.set.keys.is_empty();
@@ -839,9 +846,15 @@ impl<'a> Stream<'_, '_, 'a> {
             let name: &'a str = self.text.get(ks + 1..ke - 1).ok_or(Bail)?;
             // Bytes: names are compared and hashed, rarely needed as text.
             let k: &'a [u8] = name.as_bytes();
-            let (h, child, key_bits) = self.member(depth, pos, state, k, has_keys)?;
+            let (h, child, key_bits, same_as_pred) = self.member(depth, pos, state, k, has_keys)?;
+            if !(same_as_pred && pos < known) {
+                if known != 0 {
+                    self.start_duplicate_check(depth, pos);
+                    known = 0;
+                }
+                self.check_duplicate(depth, k, h)?;
+            }
             pos += 1;
-            self.check_duplicate(depth, k, h)?;
             // Compact input has the colon right after the name.
             if self.b.get(self.i) != Some(&b':') {
                 self.ws();
@@ -860,8 +873,22 @@ impl<'a> Stream<'_, '_, 'a> {
                 written += 1;
             }
             if !self.separator(b'}', written, &mut m)? {
+                // Every member's name is now in `pred` at its position (up to MAX_PRED).
+                self.names[depth].distinct = pos.min(MAX_PRED);
                 return Ok(());
             }
+        }
+    }
+
+    /// The first member that differs from `pred` (at `pos`): the names before it, equal to
+    /// `pred[..pos]`, go into the duplicate check's list.
+    #[cold]
+    fn start_duplicate_check(&mut self, depth: usize, pos: usize) {
+        let n = &mut self.names[depth];
+        for i in 0..pos {
+            let p = n.pred[i];
+            n.bloom |= 1u64 << (p.h >> 58);
+            n.list.push(p.name);
         }
     }
 
@@ -876,10 +903,10 @@ impl<'a> Stream<'_, '_, 'a> {
         state: u32,
         k: &'a [u8],
         has_keys: bool,
-    ) -> R<(u64, u32, u64)> {
+    ) -> R<(u64, u32, u64, bool)> {
         if let Some(p) = self.names[depth].pred.get(pos) {
             if p.state == state && same(p.name, k) {
-                return Ok((p.h, p.child, p.key_bits));
+                return Ok((p.h, p.child, p.key_bits, true));
             }
         }
         let h = name_hash(k);
@@ -898,7 +925,7 @@ impl<'a> Stream<'_, '_, 'a> {
         } else if pos == preds.len() && pos < MAX_PRED {
             preds.push(p);
         }
-        Ok((h, child, key_bits))
+        Ok((h, child, key_bits, false))
     }
 
     /// serde_json keeps one member per name (the last value, at the first position): such
@@ -1119,6 +1146,28 @@ sets:
         assert!(!streams(&deep));
         assert!(!super::supported(&set("neg")));
         assert!(super::supported(&set("patient")));
+    }
+
+    #[test]
+    fn duplicates_behind_remembered_names_are_found() {
+        // Records whose names equal the last record's, position by position, skip the
+        // duplicate check; a shorter record leaves older names in the memo, and those must
+        // never vouch for a later record (`[y, y]` after `[x, y]` then `[y]`).
+        for doc in [
+            r#"[{"x":1,"y":2},{"y":3},{"y":4,"y":5}]"#,
+            r#"[{"a":1,"b":2,"c":3},{"c":1,"b":2,"c":3}]"#,
+            r#"[{"a":1,"b":2},{"a":1,"b":2,"a":3}]"#,
+            r#"[{"a":1,"b":2},{},{"b":1,"b":2}]"#,
+            r#"[{"a":{"k":1},"b":2},{"a":{"k":1,"k":2},"b":2}]"#,
+        ] {
+            assert!(!streams(doc), "streamed {doc}");
+        }
+        // Same names, same order, many records: streamed (and equal to the tree walk).
+        let rec = r#"{"ssn":"1","name":"n","k":{"a":1,"b":2},"z":[1]}"#;
+        let doc = format!("[{}]", vec![rec; 20].join(","));
+        assert!(streams(&doc));
+        let doc = r#"[{"a":1,"b":2},{"a":1},{"a":1,"b":2,"c":3},{"b":1,"a":2}]"#;
+        assert!(streams(doc));
     }
 
     #[test]
