@@ -36,6 +36,8 @@ type R<T> = Result<T, Bail>;
 
 #[derive(Clone, Copy)]
 enum PStep<'a> {
+    /// The document itself (no step).
+    Root,
     Key(&'a str),
     Index(usize),
 }
@@ -49,22 +51,63 @@ struct Names<'a> {
     bloom: u64,
     /// All names, once `list` outgrew `LINEAR_DUP_CHECK`.
     set: HashSet<&'a [u8]>,
-    /// What the member at each position of the last object at this depth resolved to: the
-    /// records of a list share their shape, so a name equal to the one at the same position
-    /// before skips the hash, the DFA class lookup and the key-rule memo. Kept across
-    /// objects (`list` is not).
+    /// The last objects at this depth, one per DFA state (a record's `name` and `address`
+    /// objects sit at the same depth in different states, and would otherwise evict each
+    /// other). Kept across objects (`list` is not).
+    shapes: [Shape<'a>; SHAPES],
+    /// The shape replaced next when a new state comes.
+    evict: usize,
+}
+
+/// Shapes remembered per depth.
+const SHAPES: usize = 4;
+const NO_STATE: u32 = u32::MAX;
+
+/// The last object finished (or open) at one depth in one DFA state.
+struct Shape<'a> {
+    state: u32,
+    /// What the member at each position resolved to: the records of a list share their
+    /// shape, so a name equal to the one at the same position before skips the hash, the
+    /// DFA class lookup and the key-rule memo.
     pred: Vec<Pred<'a>>,
-    /// `pred[..distinct]` are the names of the last object finished at this depth, in
+    /// `pred[..distinct]` are the names of the last object finished in this shape, in
     /// order (so pairwise different: it passed the duplicate check). An object whose names
     /// equal them position by position has no duplicates among those, and skips the check.
+    /// Objects at one depth never nest, so nothing else changes `pred` while one is open.
     distinct: usize,
 }
 
-/// One member's name resolved in one DFA state (all pure functions of the two).
+impl Default for Shape<'_> {
+    fn default() -> Self {
+        Shape {
+            state: NO_STATE,
+            pred: Vec::new(),
+            distinct: 0,
+        }
+    }
+}
+
+impl Names<'_> {
+    /// The shape of state `state`, made (replacing the oldest) when there is none.
+    #[inline]
+    fn shape_for(&mut self, state: u32) -> usize {
+        if let Some(i) = self.shapes.iter().position(|sh| sh.state == state) {
+            return i;
+        }
+        let i = self.evict;
+        self.evict = (i + 1) % SHAPES;
+        let sh = &mut self.shapes[i];
+        sh.state = state;
+        sh.pred.clear();
+        sh.distinct = 0;
+        i
+    }
+}
+
+/// One member's name resolved in the DFA state of its shape (pure functions of the two).
 #[derive(Clone, Copy)]
 struct Pred<'a> {
     name: &'a [u8],
-    state: u32,
     child: u32,
     h: u64,
     key_bits: u64,
@@ -90,7 +133,11 @@ struct Stream<'s, 'r, 'a> {
     /// `b[copied..i]` is owed to `out` verbatim.
     copied: usize,
     out: Vec<u8>,
+    /// The steps to the open containers (each pushed when its first member or element is
+    /// entered), then `last`: the current member or element. Scalars, most values, only
+    /// overwrite `last` (no push and pop per value).
     path: Vec<PStep<'a>>,
+    last: PStep<'a>,
     names: Vec<Names<'a>>,
     memo: KeyMemo<'a>,
     /// Results of value transforms (reused: no allocation per masked field).
@@ -127,6 +174,7 @@ pub(super) fn mask(
         // Masked values may be longer than the originals (pseudonyms): leave some room.
         out: Vec::with_capacity(text.len() + text.len() / 8 + 16),
         path: Vec::with_capacity(16),
+        last: PStep::Root,
         names: Vec::new(),
         memo: KeyMemo {
             slots: vec![None; memo_slots],
@@ -341,7 +389,6 @@ impl<'a> Stream<'_, '_, 'a> {
     // member.
     #[inline(always)]
     fn separator(&mut self, close: u8, written: usize, m: &mut Mark) -> R<bool> {
-        self.ws();
         match self.peek()? {
             b',' => {
                 if written == 0 {
@@ -354,12 +401,12 @@ impl<'a> Stream<'_, '_, 'a> {
                     m.out = self.out.len();
                     m.copied = self.copied;
                 } else {
-                    // The comma goes with the next member (whitespace after it may flush).
+                    // The comma goes with the next member (whitespace after it is dropped
+                    // where the member or element begins).
                     m.cut = self.i;
                     m.out = self.out.len();
                     m.copied = self.copied;
                     self.i += 1;
-                    self.ws();
                 }
                 Ok(true)
             }
@@ -367,8 +414,16 @@ impl<'a> Stream<'_, '_, 'a> {
                 self.i += 1;
                 Ok(false)
             }
+            b' ' | b'\t' | b'\n' | b'\r' => self.separator_after_ws(close, written, m),
             _ => Err(Bail),
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn separator_after_ws(&mut self, close: u8, written: usize, m: &mut Mark) -> R<bool> {
+        self.drop_ws();
+        self.separator(close, written, m)
     }
 
     #[inline]
@@ -383,12 +438,13 @@ impl<'a> Stream<'_, '_, 'a> {
 
     #[inline(never)]
     fn render_note(&mut self) {
-        let (report, path) = (&mut *self.report, &self.path);
+        let (report, path, last) = (&mut *self.report, &self.path, &self.last);
         report.note(|| {
             let mut s = String::with_capacity(64);
             s.push('$');
-            for st in path {
+            for st in path.iter().chain(std::iter::once(last)) {
                 match *st {
+                    PStep::Root => {}
                     PStep::Key(k) => push_name(&mut s, k),
                     PStep::Index(i) => push_index(&mut s, i),
                 }
@@ -458,11 +514,15 @@ impl<'a> Stream<'_, '_, 'a> {
     // Inlined into the member / element loops: most values are unselected scalars, and a
     // call per value was a measurable share.
     #[inline(always)]
+    // Whitespace before the value (after a colon or a comma) is found here, by the
+    // dispatch on its first byte that happens anyway, not by a separate test per value.
     fn value(&mut self, state: u32, depth: usize, key_bits: u64) -> R<bool> {
         if let Some(rule) = self.winner(state, key_bits) {
+            self.ws();
             return self.selected(rule, depth);
         }
         match self.peek()? {
+            b' ' | b'\t' | b'\n' | b'\r' => return self.value_after_ws(state, depth),
             b'{' => self.object(state, depth)?,
             b'[' => self.array(state, depth)?,
             b'"' if !self.detect => {
@@ -478,6 +538,14 @@ impl<'a> Stream<'_, '_, 'a> {
             _ => self.number()?,
         }
         Ok(false)
+    }
+
+    /// An unselected value preceded by whitespace.
+    #[cold]
+    #[inline(never)]
+    fn value_after_ws(&mut self, state: u32, depth: usize) -> R<bool> {
+        self.drop_ws();
+        self.value(state, depth, 0)
     }
 
     /// Replaces the input `start..self.i` by what `write` writes.
@@ -821,21 +889,27 @@ impl<'a> Stream<'_, '_, 'a> {
         n.list.clear();
         n.bloom = 0;
         n.set.clear();
+        let sh = n.shape_for(state);
         // Members up to here equal `pred` (and so are known distinct): no duplicate check.
-        let mut known = n.distinct;
+        let mut known = n.shapes[sh].distinct;
         self.i += 1;
         self.ws();
         if self.peek()? == b'}' {
             self.i += 1;
-            self.names[depth].distinct = 0;
+            self.names[depth].shapes[sh].distinct = 0;
             return Ok(());
         }
         let has_keys = !self.set.keys.is_empty();
         let (mut written, mut pos) = (0usize, 0usize);
         let mut m = self.mark(self.i);
+        self.path.push(self.last);
         loop {
             if self.peek()? != b'"' {
-                return Err(Bail);
+                // Whitespace after a comma is only looked for here.
+                self.ws();
+                if self.peek()? != b'"' {
+                    return Err(Bail);
+                }
             }
             let (ks, ke, escaped) = self.scan_string()?;
             if escaped {
@@ -846,10 +920,11 @@ impl<'a> Stream<'_, '_, 'a> {
             let name: &'a str = self.text.get(ks + 1..ke - 1).ok_or(Bail)?;
             // Bytes: names are compared and hashed, rarely needed as text.
             let k: &'a [u8] = name.as_bytes();
-            let (h, child, key_bits, same_as_pred) = self.member(depth, pos, state, k, has_keys)?;
+            let (h, child, key_bits, same_as_pred) =
+                self.member(depth, sh, pos, state, k, has_keys)?;
             if !(same_as_pred && pos < known) {
                 if known != 0 {
-                    self.start_duplicate_check(depth, pos);
+                    self.start_duplicate_check(depth, sh, pos);
                     known = 0;
                 }
                 self.check_duplicate(depth, k, h)?;
@@ -863,10 +938,8 @@ impl<'a> Stream<'_, '_, 'a> {
                 }
             }
             self.i += 1;
-            self.ws();
-            self.path.push(PStep::Key(name));
+            self.last = PStep::Key(name);
             let removed = self.value(child, depth + 1, key_bits)?;
-            self.path.pop();
             if removed {
                 self.drop_since(&m);
             } else {
@@ -874,7 +947,8 @@ impl<'a> Stream<'_, '_, 'a> {
             }
             if !self.separator(b'}', written, &mut m)? {
                 // Every member's name is now in `pred` at its position (up to MAX_PRED).
-                self.names[depth].distinct = pos.min(MAX_PRED);
+                self.names[depth].shapes[sh].distinct = pos.min(MAX_PRED);
+                self.path.pop();
                 return Ok(());
             }
         }
@@ -883,29 +957,30 @@ impl<'a> Stream<'_, '_, 'a> {
     /// The first member that differs from `pred` (at `pos`): the names before it, equal to
     /// `pred[..pos]`, go into the duplicate check's list.
     #[cold]
-    fn start_duplicate_check(&mut self, depth: usize, pos: usize) {
+    fn start_duplicate_check(&mut self, depth: usize, sh: usize, pos: usize) {
         let n = &mut self.names[depth];
         for i in 0..pos {
-            let p = n.pred[i];
+            let p = n.shapes[sh].pred[i];
             n.bloom |= 1u64 << (p.h >> 58);
             n.list.push(p.name);
         }
     }
 
-    /// Member name `k` at position `pos` of an object at `depth` in DFA state `state`: its
-    /// hash, the child's DFA state and its key-rule matches; from the last object's member
-    /// at the same position when that had the same name in the same state.
+    /// Member name `k` at position `pos` of an object at `depth` in DFA state `state` (shape
+    /// `sh`): its hash, the child's DFA state and its key-rule matches; from the last
+    /// object's member at the same position in that shape when that had the same name.
     #[inline(always)]
     fn member(
         &mut self,
         depth: usize,
+        sh: usize,
         pos: usize,
         state: u32,
         k: &'a [u8],
         has_keys: bool,
     ) -> R<(u64, u32, u64, bool)> {
-        if let Some(p) = self.names[depth].pred.get(pos) {
-            if p.state == state && same(p.name, k) {
+        if let Some(p) = self.names[depth].shapes[sh].pred.get(pos) {
+            if same(p.name, k) {
                 return Ok((p.h, p.child, p.key_bits, true));
             }
         }
@@ -914,12 +989,11 @@ impl<'a> Stream<'_, '_, 'a> {
         let child = self.dfa.next(state, self.dfa.name_class(k, h));
         let p = Pred {
             name: k,
-            state,
             child,
             h,
             key_bits,
         };
-        let preds = &mut self.names[depth].pred;
+        let preds = &mut self.names[depth].shapes[sh].pred;
         if let Some(slot) = preds.get_mut(pos) {
             *slot = p;
         } else if pos == preds.len() && pos < MAX_PRED {
@@ -964,11 +1038,11 @@ impl<'a> Stream<'_, '_, 'a> {
         }
         let (mut idx, mut written) = (0usize, 0usize);
         let mut m = self.mark(self.i);
+        self.path.push(self.last);
         loop {
             let child = self.dfa.next(state, self.dfa.index_class(idx));
-            self.path.push(PStep::Index(idx));
+            self.last = PStep::Index(idx);
             let removed = self.value(child, depth + 1, 0)?;
-            self.path.pop();
             if removed {
                 self.drop_since(&m);
             } else {
@@ -976,6 +1050,7 @@ impl<'a> Stream<'_, '_, 'a> {
             }
             idx += 1;
             if !self.separator(b']', written, &mut m)? {
+                self.path.pop();
                 return Ok(());
             }
         }
@@ -1065,6 +1140,13 @@ sets:
   everything:
     fields:
       - { path: "$..*", action: { mask: { keep_last: 1 } } }
+  states:
+    fields:
+      - { path: "$..s1.v1", action: redact }
+      - { path: "$..s2.v2", action: redact }
+      - { path: "$..s3.v3", action: redact }
+      - { path: "$..s4.v4", action: redact }
+      - { path: "$..s5.v5", action: redact }
 "#;
 
     fn set(name: &str) -> std::sync::Arc<super::super::FieldSet> {
@@ -1159,6 +1241,9 @@ sets:
             r#"[{"a":1,"b":2},{"a":1,"b":2,"a":3}]"#,
             r#"[{"a":1,"b":2},{},{"b":1,"b":2}]"#,
             r#"[{"a":{"k":1},"b":2},{"a":{"k":1,"k":2},"b":2}]"#,
+            // Two shapes at one depth (`n` and `m` objects), each remembered on its own.
+            r#"[{"n":{"a":1,"b":2},"m":{"c":1,"d":2}},{"n":{"a":1,"b":2},"m":{"c":1,"c":2}}]"#,
+            r#"[{"n":{"a":1,"b":2},"m":{"c":1,"d":2}},{"n":{"a":1,"a":2},"m":{"c":1,"d":2}}]"#,
         ] {
             assert!(!streams(doc), "streamed {doc}");
         }
@@ -1168,6 +1253,58 @@ sets:
         assert!(streams(&doc));
         let doc = r#"[{"a":1,"b":2},{"a":1},{"a":1,"b":2,"c":3},{"b":1,"a":2}]"#;
         assert!(streams(doc));
+        // More shapes at one depth than are remembered: the oldest is replaced, and every
+        // record is still checked and masked by name.
+        let rec = |i: usize| {
+            (0..6)
+                .map(|j| {
+                    format!(
+                        r#""o{j}":{{"k{}":1,"ssn":"x","k{}":2}}"#,
+                        (i + j) % 3,
+                        3 + j
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let doc = format!(
+            "[{}]",
+            (0..8)
+                .map(|i| format!("{{{}}}", rec(i)))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        assert!(streams(&doc));
+        let dup = doc.replacen(r#""k3":2"#, r#""ssn":2"#, 1);
+        assert!(!streams(&dup), "streamed {dup}");
+    }
+
+    #[test]
+    fn more_states_at_one_depth_than_shapes() {
+        // `s1`..`s5` objects: same member names, five DFA states at one depth, one more
+        // than the shapes kept. A replaced shape must forget its members (else `s5` would
+        // reuse `s1`'s and mask `v1`).
+        let obj = r#"{"v1":"a","v2":"b","v3":"c","v4":"d","v5":"e"}"#;
+        let rec = (1..=5)
+            .map(|i| format!(r#""s{i}":{obj}"#))
+            .collect::<Vec<_>>()
+            .join(",");
+        let doc = format!("[{{{rec}}},{{{rec}}},{{{rec}}}]");
+        assert!(streams_with("states", &doc));
+        let (out, rep) = set("states").mask_document(doc.as_bytes(), 64).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(rep.count, 15);
+        for i in 1..=5 {
+            let masked = obj.replace(
+                &format!(r#""v{i}":"{}""#, (b'a' + i as u8 - 1) as char),
+                &format!(r#""v{i}":"[REDACTED]""#),
+            );
+            assert_eq!(
+                out.matches(&format!(r#""s{i}":{masked}"#)).count(),
+                3,
+                "{out}"
+            );
+        }
     }
 
     #[test]
