@@ -234,6 +234,28 @@ fn classify_json_error(e: &serde_json::Error) -> MaskError {
     }
 }
 
+/// `body` as text, when it is UTF-8. Most API bodies are ASCII, which a wide OR over 64
+/// bytes a step (vectorised) confirms in a fraction of `from_utf8`'s time; anything else
+/// takes the full check.
+fn utf8(body: &[u8]) -> Option<&str> {
+    let mut chunks = body.chunks_exact(64);
+    let mut ascii = true;
+    for c in &mut chunks {
+        let acc = c
+            .chunks_exact(8)
+            .fold(0u64, |a, w| a | u64::from_le_bytes(w.try_into().expect("8 bytes")));
+        if acc & 0x8080_8080_8080_8080 != 0 {
+            ascii = false;
+            break;
+        }
+    }
+    if ascii && chunks.remainder().is_ascii() {
+        // SAFETY: every byte is below 0x80, and ASCII is valid UTF-8.
+        return Some(unsafe { std::str::from_utf8_unchecked(body) });
+    }
+    std::str::from_utf8(body).ok()
+}
+
 impl FieldSet {
     pub fn name(&self) -> &str {
         &self.name
@@ -251,7 +273,7 @@ impl FieldSet {
         if body.starts_with(b"\xEF\xBB\xBF") {
             return Err(MaskError::Bom);
         }
-        let text = std::str::from_utf8(body).map_err(|_| MaskError::InvalidUtf8)?;
+        let text = utf8(body).ok_or(MaskError::InvalidUtf8)?;
         if stream::supported(self) {
             let mut report = MaskReport::default();
             if let Some(out) = stream::mask(self, text, max_depth, &mut report) {

@@ -138,6 +138,12 @@ struct Stream<'s, 'r, 'a> {
     /// overwrite `last` (no push and pop per value).
     path: Vec<PStep<'a>>,
     last: PStep<'a>,
+    /// Changes whenever `path` does.
+    path_gen: u64,
+    /// `path` rendered ("$['a'][0]"), when `prefix_gen == path_gen`: a record's masked
+    /// members share it (only their own step is rendered per note).
+    prefix: String,
+    prefix_gen: u64,
     names: Vec<Names<'a>>,
     memo: KeyMemo<'a>,
     /// Results of value transforms (reused: no allocation per masked field).
@@ -175,6 +181,9 @@ pub(super) fn mask(
         out: Vec::with_capacity(text.len() + text.len() / 8 + 16),
         path: Vec::with_capacity(16),
         last: PStep::Root,
+        path_gen: 0,
+        prefix: String::new(),
+        prefix_gen: u64::MAX,
         names: Vec::new(),
         memo: KeyMemo {
             slots: vec![None; memo_slots],
@@ -438,17 +447,26 @@ impl<'a> Stream<'_, '_, 'a> {
 
     #[inline(never)]
     fn render_note(&mut self) {
-        let (report, path, last) = (&mut *self.report, &self.path, &self.last);
-        report.note(|| {
-            let mut s = String::with_capacity(64);
-            s.push('$');
-            for st in path.iter().chain(std::iter::once(last)) {
-                match *st {
-                    PStep::Root => {}
-                    PStep::Key(k) => push_name(&mut s, k),
-                    PStep::Index(i) => push_index(&mut s, i),
-                }
+        fn push_step(s: &mut String, st: PStep<'_>) {
+            match st {
+                PStep::Root => {}
+                PStep::Key(k) => push_name(s, k),
+                PStep::Index(i) => push_index(s, i),
             }
+        }
+        if self.prefix_gen != self.path_gen {
+            self.prefix.clear();
+            self.prefix.push('$');
+            for &st in &self.path {
+                push_step(&mut self.prefix, st);
+            }
+            self.prefix_gen = self.path_gen;
+        }
+        let (prefix, last) = (&self.prefix, self.last);
+        self.report.note(|| {
+            let mut s = String::with_capacity(prefix.len() + 32);
+            s.push_str(prefix);
+            push_step(&mut s, last);
             s
         });
     }
@@ -903,6 +921,7 @@ impl<'a> Stream<'_, '_, 'a> {
         let (mut written, mut pos) = (0usize, 0usize);
         let mut m = self.mark(self.i);
         self.path.push(self.last);
+        self.path_gen += 1;
         loop {
             if self.peek()? != b'"' {
                 // Whitespace after a comma is only looked for here.
@@ -949,6 +968,7 @@ impl<'a> Stream<'_, '_, 'a> {
                 // Every member's name is now in `pred` at its position (up to MAX_PRED).
                 self.names[depth].shapes[sh].distinct = pos.min(MAX_PRED);
                 self.path.pop();
+                self.path_gen += 1;
                 return Ok(());
             }
         }
@@ -1039,6 +1059,7 @@ impl<'a> Stream<'_, '_, 'a> {
         let (mut idx, mut written) = (0usize, 0usize);
         let mut m = self.mark(self.i);
         self.path.push(self.last);
+        self.path_gen += 1;
         loop {
             let child = self.dfa.next(state, self.dfa.index_class(idx));
             self.last = PStep::Index(idx);
@@ -1051,6 +1072,7 @@ impl<'a> Stream<'_, '_, 'a> {
             idx += 1;
             if !self.separator(b']', written, &mut m)? {
                 self.path.pop();
+                self.path_gen += 1;
                 return Ok(());
             }
         }

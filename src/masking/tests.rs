@@ -1052,3 +1052,21 @@ sets:
         }
     }
 }
+
+#[test]
+fn the_ascii_fast_check_agrees_with_from_utf8() {
+    // A non-ASCII byte (valid sequence, lone continuation byte, cut sequence) at every
+    // position of bodies around the 64-byte step, and plain ASCII of every length.
+    let inserts: [&[u8]; 4] = ["é".as_bytes(), b"\x80", b"\xC3", "🙂".as_bytes()];
+    for len in 0..200 {
+        let ascii = vec![b'a'; len];
+        assert_eq!(utf8(&ascii), std::str::from_utf8(&ascii).ok());
+        for at in 0..=len {
+            for ins in inserts {
+                let mut b = ascii.clone();
+                b.splice(at..at, ins.iter().copied());
+                assert_eq!(utf8(&b), std::str::from_utf8(&b).ok(), "{b:?}");
+            }
+        }
+    }
+}
