@@ -241,9 +241,9 @@ fn utf8(body: &[u8]) -> Option<&str> {
     let mut chunks = body.chunks_exact(64);
     let mut ascii = true;
     for c in &mut chunks {
-        let acc = c
-            .chunks_exact(8)
-            .fold(0u64, |a, w| a | u64::from_le_bytes(w.try_into().expect("8 bytes")));
+        let acc = c.chunks_exact(8).fold(0u64, |a, w| {
+            a | u64::from_le_bytes(w.try_into().expect("8 bytes"))
+        });
         if acc & 0x8080_8080_8080_8080 != 0 {
             ascii = false;
             break;
