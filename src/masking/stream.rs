@@ -583,8 +583,13 @@ impl<'a> Stream<'_, '_, 'a> {
         let info = &set.rules[rule as usize];
         let start = self.i;
         if let Some(c) = info.constant.as_deref() {
-            // Whatever the node is, it becomes `c`: only validated and skipped.
-            self.skip(self.max_depth - depth)?;
+            // Whatever the node is, it becomes `c`: only validated and skipped (a string,
+            // the usual case, by the inlined scan).
+            if self.peek()? == b'"' {
+                self.skip_string()?;
+            } else {
+                self.skip(self.max_depth - depth)?;
+            }
             self.note_masked();
             self.flush_to(start);
             self.out.extend_from_slice(c);
@@ -727,13 +732,21 @@ impl<'a> Stream<'_, '_, 'a> {
         }
     }
 
+    #[inline(always)]
     fn skip_string(&mut self) -> R<()> {
         let (start, end, escaped) = self.scan_string()?;
         if escaped {
-            // Escapes must be valid (\u surrogates paired), as serde_json checks them.
-            serde_json::from_str::<String>(&self.text[start..end]).map_err(|_| Bail)?;
+            self.check_escapes(start, end)?;
         }
         Ok(())
+    }
+
+    /// Escapes must be valid (\u surrogates paired), as serde_json checks them.
+    #[cold]
+    fn check_escapes(&self, start: usize, end: usize) -> R<()> {
+        serde_json::from_str::<String>(&self.text[start..end])
+            .map(|_| ())
+            .map_err(|_| Bail)
     }
 
     fn skip_literal(&mut self, lit: &[u8], v: Value) -> R<Value> {
@@ -1243,6 +1256,9 @@ sets:
             r#"{"a":[1,2,]}"#,    // invalid
             r#"{"a":"ctl	tab"}"#, // raw control character
             r#"{"a":01}"#,        // leading zero
+            r#"{"ssn":"#,         // a selected value cut off
+            r#"{"ssn":   "#,      // ... after whitespace
+            r#"{"ssn":"1","#,     // a member cut off after a selected one
         ] {
             assert!(!streams(doc), "streamed {doc}");
         }
