@@ -488,14 +488,25 @@ const RESTRICTED_ZIP3: [&str; 17] = [
     "879", "884", "890", "893",
 ];
 
+/// A three-digit prefix as a number (0..1000), or `None` when it is not three ASCII digits.
+const fn zip3_number(p: &[u8]) -> Option<usize> {
+    match *p {
+        [a, b, c] if a.is_ascii_digit() && b.is_ascii_digit() && c.is_ascii_digit() => {
+            Some((a - b'0') as usize * 100 + (b - b'0') as usize * 10 + (c - b'0') as usize)
+        }
+        _ => None,
+    }
+}
+
 /// `RESTRICTED_ZIP3` as a bit per three-digit prefix: one lookup, not 17 comparisons per
 /// masked zip code.
 const RESTRICTED_ZIP3_BITS: [u64; 16] = {
     let mut bits = [0u64; 16];
     let mut i = 0;
     while i < RESTRICTED_ZIP3.len() {
-        let d = RESTRICTED_ZIP3[i].as_bytes();
-        let n = (d[0] - b'0') as usize * 100 + (d[1] - b'0') as usize * 10 + (d[2] - b'0') as usize;
+        let Some(n) = zip3_number(RESTRICTED_ZIP3[i].as_bytes()) else {
+            panic!("RESTRICTED_ZIP3 holds three-digit prefixes");
+        };
         bits[n / 64] |= 1 << (n % 64);
         i += 1;
     }
@@ -503,13 +514,7 @@ const RESTRICTED_ZIP3_BITS: [u64; 16] = {
 };
 
 fn restricted_zip3(p: &str) -> bool {
-    match p.as_bytes() {
-        &[a, b, c] if a.is_ascii_digit() && b.is_ascii_digit() && c.is_ascii_digit() => {
-            let n = (a - b'0') as usize * 100 + (b - b'0') as usize * 10 + (c - b'0') as usize;
-            RESTRICTED_ZIP3_BITS[n / 64] & (1 << (n % 64)) != 0
-        }
-        _ => false,
-    }
+    zip3_number(p.as_bytes()).is_some_and(|n| RESTRICTED_ZIP3_BITS[n / 64] & (1 << (n % 64)) != 0)
 }
 
 fn zip3_prefix(p: &str) -> String {

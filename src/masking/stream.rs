@@ -540,7 +540,7 @@ impl<'a> Stream<'_, '_, 'a> {
             return self.selected(rule, depth);
         }
         match self.peek()? {
-            b' ' | b'\t' | b'\n' | b'\r' => return self.value_after_ws(state, depth),
+            b' ' | b'\t' | b'\n' | b'\r' => return self.value_after_ws(state, depth, key_bits),
             b'{' => self.object(state, depth)?,
             b'[' => self.array(state, depth)?,
             b'"' if !self.detect => {
@@ -561,9 +561,9 @@ impl<'a> Stream<'_, '_, 'a> {
     /// An unselected value preceded by whitespace.
     #[cold]
     #[inline(never)]
-    fn value_after_ws(&mut self, state: u32, depth: usize) -> R<bool> {
+    fn value_after_ws(&mut self, state: u32, depth: usize, key_bits: u64) -> R<bool> {
         self.drop_ws();
-        self.value(state, depth, 0)
+        self.value(state, depth, key_bits)
     }
 
     /// Replaces the input `start..self.i` by what `write` writes.
