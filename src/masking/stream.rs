@@ -107,10 +107,15 @@ impl Names<'_> {
 /// One member's name resolved in the DFA state of its shape (pure functions of the two).
 #[derive(Clone, Copy)]
 struct Pred<'a> {
-    name: &'a [u8],
+    name: &'a str,
+    /// The name as it was written, quotes and colon included (`"name":`), when nothing
+    /// stood between them: the next record's member is recognised by comparing these bytes,
+    /// without scanning its name. Empty when there was whitespace.
+    head: &'a [u8],
     child: u32,
     h: u64,
-    key_bits: u64,
+    /// The rule selecting the member's value (`winner(child, key_bits)`).
+    win: Option<u32>,
 }
 
 /// Member positions remembered per depth (records rarely have more members).
@@ -194,7 +199,7 @@ pub(super) fn mask(
         max_depth: max_depth.min(MAX_STREAM_DEPTH),
     };
     s.ws();
-    let removed = s.value(Dfa::START, 0, 0).ok()?;
+    let removed = s.value(s.winner(Dfa::START, 0), Dfa::START, 0).ok()?;
     if removed {
         // Removing the root is impossible; it becomes null (as the tree walk does).
         s.out.clear();
@@ -527,20 +532,21 @@ impl<'a> Stream<'_, '_, 'a> {
         Ok(bits)
     }
 
-    /// One value in DFA state `state`. Returns true when it must be removed from its parent
+    /// One value in DFA state `state`, which rule `win` selects (`winner` of the state and
+    /// the member name's key rules). Returns true when it must be removed from its parent
     /// (nothing was written or flushed for it then).
     // Inlined into the member / element loops: most values are unselected scalars, and a
     // call per value was a measurable share.
     #[inline(always)]
     // Whitespace before the value (after a colon or a comma) is found here, by the
     // dispatch on its first byte that happens anyway, not by a separate test per value.
-    fn value(&mut self, state: u32, depth: usize, key_bits: u64) -> R<bool> {
-        if let Some(rule) = self.winner(state, key_bits) {
+    fn value(&mut self, win: Option<u32>, state: u32, depth: usize) -> R<bool> {
+        if let Some(rule) = win {
             self.ws();
             return self.selected(rule, depth);
         }
         match self.peek()? {
-            b' ' | b'\t' | b'\n' | b'\r' => return self.value_after_ws(state, depth, key_bits),
+            b' ' | b'\t' | b'\n' | b'\r' => return self.value_after_ws(state, depth),
             b'{' => self.object(state, depth)?,
             b'[' => self.array(state, depth)?,
             b'"' if !self.detect => {
@@ -561,9 +567,9 @@ impl<'a> Stream<'_, '_, 'a> {
     /// An unselected value preceded by whitespace.
     #[cold]
     #[inline(never)]
-    fn value_after_ws(&mut self, state: u32, depth: usize, key_bits: u64) -> R<bool> {
+    fn value_after_ws(&mut self, state: u32, depth: usize) -> R<bool> {
         self.drop_ws();
-        self.value(state, depth, key_bits)
+        self.value(None, state, depth)
     }
 
     /// Replaces the input `start..self.i` by what `write` writes.
@@ -936,42 +942,20 @@ impl<'a> Stream<'_, '_, 'a> {
         self.path.push(self.last);
         self.path_gen += 1;
         loop {
-            if self.peek()? != b'"' {
-                // Whitespace after a comma is only looked for here.
-                self.ws();
-                if self.peek()? != b'"' {
-                    return Err(Bail);
-                }
-            }
-            let (ks, ke, escaped) = self.scan_string()?;
-            if escaped {
-                return Err(Bail);
-            }
-            // A slice of the text between two quotes: always on character boundaries, so
-            // `get` checks two bytes where `from_utf8` would scan the name at every use.
-            let name: &'a str = self.text.get(ks + 1..ke - 1).ok_or(Bail)?;
-            // Bytes: names are compared and hashed, rarely needed as text.
-            let k: &'a [u8] = name.as_bytes();
-            let (h, child, key_bits, same_as_pred) =
-                self.member(depth, sh, pos, state, k, has_keys)?;
+            let (name, h, child, win, same_as_pred) = match self.known_member(depth, sh, pos) {
+                Some(p) => p,
+                None => self.new_member(depth, sh, pos, state, has_keys)?,
+            };
             if !(same_as_pred && pos < known) {
                 if known != 0 {
                     self.start_duplicate_check(depth, sh, pos);
                     known = 0;
                 }
-                self.check_duplicate(depth, k, h)?;
+                self.check_duplicate(depth, name.as_bytes(), h)?;
             }
             pos += 1;
-            // Compact input has the colon right after the name.
-            if self.b.get(self.i) != Some(&b':') {
-                self.ws();
-                if self.peek()? != b':' {
-                    return Err(Bail);
-                }
-            }
-            self.i += 1;
             self.last = PStep::Key(name);
-            let removed = self.value(child, depth + 1, key_bits)?;
+            let removed = self.value(win, child, depth + 1)?;
             if removed {
                 self.drop_since(&m);
             } else {
@@ -995,36 +979,88 @@ impl<'a> Stream<'_, '_, 'a> {
         for i in 0..pos {
             let p = n.shapes[sh].pred[i];
             n.bloom |= 1u64 << (p.h >> 58);
-            n.list.push(p.name);
+            n.list.push(p.name.as_bytes());
         }
     }
 
-    /// Member name `k` at position `pos` of an object at `depth` in DFA state `state` (shape
-    /// `sh`): its hash, the child's DFA state and its key-rule matches; from the last
-    /// object's member at the same position in that shape when that had the same name.
+    /// The member at `self.i` when it is written exactly as the one at position `pos` of
+    /// the last object in shape `sh` (`"name":`, compact): its name, hash, child state and
+    /// winning rule, and `self.i` past the colon. The bytes compared are the whole name
+    /// token, so the scan would have found the same name (names never hold escapes here).
     #[inline(always)]
-    fn member(
+    fn known_member(
+        &mut self,
+        depth: usize,
+        sh: usize,
+        pos: usize,
+    ) -> Option<(&'a str, u64, u32, Option<u32>, bool)> {
+        let p = self.names[depth].shapes[sh].pred.get(pos)?;
+        let n = p.head.len();
+        // `head` is at least `"":`, so an empty one (whitespace) never matches.
+        let at = self.b.get(self.i..self.i + n)?;
+        if n == 0 || !same(at, p.head) {
+            return None;
+        }
+        self.i += n;
+        Some((p.name, p.h, p.child, p.win, true))
+    }
+
+    /// The member at `self.i` (position `pos` of an object at `depth` in DFA state `state`,
+    /// shape `sh`) read in full: name, hash, child state and winning rule, `self.i` past
+    /// the colon. From the last object's member at the same position in that shape when
+    /// it had the same name (then also true), else resolved and remembered there.
+    #[inline(never)]
+    fn new_member(
         &mut self,
         depth: usize,
         sh: usize,
         pos: usize,
         state: u32,
-        k: &'a [u8],
         has_keys: bool,
-    ) -> R<(u64, u32, u64, bool)> {
-        if let Some(p) = self.names[depth].shapes[sh].pred.get(pos) {
-            if same(p.name, k) {
-                return Ok((p.h, p.child, p.key_bits, true));
+    ) -> R<(&'a str, u64, u32, Option<u32>, bool)> {
+        if self.peek()? != b'"' {
+            // Whitespace after a comma is only looked for here.
+            self.ws();
+            if self.peek()? != b'"' {
+                return Err(Bail);
+            }
+        }
+        let (ks, ke, escaped) = self.scan_string()?;
+        if escaped {
+            return Err(Bail);
+        }
+        // A slice of the text between two quotes: always on character boundaries, so
+        // `get` checks two bytes where `from_utf8` would scan the name at every use.
+        let name: &'a str = self.text.get(ks + 1..ke - 1).ok_or(Bail)?;
+        // Compact input has the colon right after the name.
+        let compact = self.b.get(self.i) == Some(&b':');
+        if !compact {
+            self.ws();
+            if self.peek()? != b':' {
+                return Err(Bail);
+            }
+        }
+        self.i += 1;
+        let head: &'a [u8] = if compact { &self.b[ks..self.i] } else { &[] };
+        let k = name.as_bytes();
+        if let Some(p) = self.names[depth].shapes[sh].pred.get_mut(pos) {
+            if same(p.name.as_bytes(), k) {
+                // Same name, written differently (whitespace): remember this writing.
+                if p.head.is_empty() {
+                    p.head = head;
+                }
+                return Ok((p.name, p.h, p.child, p.win, true));
             }
         }
         let h = name_hash(k);
         let key_bits = if has_keys { self.key_bits(k, h)? } else { 0 };
         let child = self.dfa.next(state, self.dfa.name_class(k, h));
         let p = Pred {
-            name: k,
+            name,
+            head,
             child,
             h,
-            key_bits,
+            win: self.winner(child, key_bits),
         };
         let preds = &mut self.names[depth].shapes[sh].pred;
         if let Some(slot) = preds.get_mut(pos) {
@@ -1032,7 +1068,7 @@ impl<'a> Stream<'_, '_, 'a> {
         } else if pos == preds.len() && pos < MAX_PRED {
             preds.push(p);
         }
-        Ok((h, child, key_bits, false))
+        Ok((name, h, child, p.win, false))
     }
 
     /// serde_json keeps one member per name (the last value, at the first position): such
@@ -1076,7 +1112,7 @@ impl<'a> Stream<'_, '_, 'a> {
         loop {
             let child = self.dfa.next(state, self.dfa.index_class(idx));
             self.last = PStep::Index(idx);
-            let removed = self.value(child, depth + 1, 0)?;
+            let removed = self.value(self.winner(child, 0), child, depth + 1)?;
             if removed {
                 self.drop_since(&m);
             } else {
