@@ -44,7 +44,7 @@ struct RequestRecord<'a> {
     #[serde(skip)]
     granted_json: Option<&'a [u8]>,
     masked_count: Option<usize>,
-    masked_paths: Option<&'a [String]>,
+    masked_paths: Option<&'a crate::masking::Paths>,
     masked_paths_truncated: bool,
     status: u16,
     upstream_status: Option<u16>,
@@ -103,7 +103,7 @@ impl RequestRecord<'_> {
         }
         out.extend_from_slice(b",\"masked_paths\":");
         match self.masked_paths {
-            Some(paths) => json_list(out, paths.iter(), |out, p| json_str(out, p)),
+            Some(paths) => json_list(out, paths.iter(), json_str),
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"masked_paths_truncated\":");
@@ -293,7 +293,7 @@ fn request_record<'a>(
         masked_count: masked.map(|m| m.count),
         // The report keeps the first `MaskReport::MAX_PATHS` paths so one record stays one
         // reasonable line; the count is always whole.
-        masked_paths: masked.map(|m| m.paths.as_slice()),
+        masked_paths: masked.map(|m| &m.paths),
         masked_paths_truncated: masked.is_some_and(|m| m.truncated),
         status: status.as_u16(),
         upstream_status: ctx.upstream_status,
@@ -757,7 +757,7 @@ mod tests {
                 phi: false,
             },
         ];
-        let paths = vec!["$['patients'][0]['ssn']".to_string(), odd.to_string()];
+        let paths: crate::masking::Paths = ["$['patients'][0]['ssn']", odd].into_iter().collect();
         // Each character that needs escaping on its own, then none that does.
         let texts = [
             "a\"b",
@@ -788,7 +788,7 @@ mod tests {
                 // The pre-rendered list stands for the same verdicts.
                 granted_json: (pre && full).then_some(rendered.as_slice()),
                 masked_count: full.then_some(1234),
-                masked_paths: full.then_some(paths.as_slice()),
+                masked_paths: full.then_some(&paths),
                 masked_paths_truncated: full,
                 status: if full { 200 } else { 503 },
                 upstream_status: full.then_some(u16::MAX),

@@ -65,7 +65,7 @@ struct PathNode<'a> {
     step: StepRef<'a>,
 }
 
-fn render(node: Option<&PathNode<'_>>) -> String {
+fn render(s: &mut String, node: Option<&PathNode<'_>>) {
     fn push(out: &mut String, n: &PathNode<'_>) {
         if let Some(p) = n.parent {
             push(out, p);
@@ -75,12 +75,10 @@ fn render(node: Option<&PathNode<'_>>) -> String {
             StepRef::Index { idx, .. } => push_index(out, idx),
         }
     }
-    let mut s = String::with_capacity(64);
     s.push('$');
     if let Some(n) = node {
-        push(&mut s, n);
+        push(s, n);
     }
-    s
 }
 
 pub struct Walker<'s, 'r> {
@@ -212,7 +210,7 @@ impl<'s, 'r> Walker<'s, 'r> {
                 self.too_deep = true;
                 return false;
             }
-            self.report.note(|| render(path));
+            self.report.note(|s| render(s, path));
             let action = &self.set.rules[rule as usize].action;
             return action.apply(v, self.set.pseudonymizer.as_deref());
         }
@@ -298,7 +296,7 @@ impl<'s, 'r> Walker<'s, 'r> {
             {
                 if let Some(new) = self.set.detectors.scrub(s) {
                     *s = new;
-                    self.report.note(|| render(path));
+                    self.report.note(|s| render(s, path));
                 }
             }
             _ => {}

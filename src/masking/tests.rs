@@ -586,11 +586,11 @@ fn fixed_patient_example() {
     assert_eq!(std::str::from_utf8(&out).unwrap(), expected);
     assert_eq!(rep.count, 19);
     assert_eq!(rep.paths.len(), 19);
-    assert_eq!(rep.paths[0], "$['patients'][0]['name']");
-    assert!(rep.paths.contains(&"$['patients'][0]['notes']".to_string()));
+    assert_eq!(&rep.paths[0], "$['patients'][0]['name']");
+    assert!(rep.paths.contains("$['patients'][0]['notes']"));
     assert!(rep
         .paths
-        .contains(&"$['patients'][1]['contacts'][0]['name']".to_string()));
+        .contains("$['patients'][1]['contacts'][0]['name']"));
     // Idempotent.
     let (again, _) = set.mask_document(&out, 32).unwrap();
     assert_eq!(again, out);
@@ -656,8 +656,8 @@ fn slow_path_filters_and_array_removals() {
         })
     );
     // Report paths are the original locations.
-    assert!(rep.paths.contains(&"$['items'][2]".to_string()));
-    assert!(rep.paths.contains(&"$['list'][5]".to_string()));
+    assert!(rep.paths.contains("$['items'][2]"));
+    assert!(rep.paths.contains("$['list'][5]"));
     assert_eq!(rep.count, 6);
 }
 
@@ -676,7 +676,7 @@ fn special_member_names_in_selectors_and_documents() {
         v,
         json!({"a.b": REDACTED, "a": {"b": 2, "a.b": REDACTED}, "it's": REDACTED, "~/x": null, "~1x": 5, "ünï": {"k": 2}})
     );
-    let mut paths = rep.paths.clone();
+    let mut paths: Vec<&str> = rep.paths.iter().collect();
     paths.sort();
     assert_eq!(
         paths,
