@@ -605,10 +605,45 @@ impl<'a> Stream<'_, '_, 'a> {
         Ok(false)
     }
 
-    /// A node some rule selects: scalars are transformed straight from the text, containers
-    /// validated and skipped (every action replaces them whole).
+    /// A node some rule selects. Its two common cases here, in a small function: a plain
+    /// string that a constant replaces (`redact`), or that the action writes straight to
+    /// the output (`write_str_direct`); the rest in `selected_other`.
     #[inline(never)]
     fn selected(&mut self, rule: u32, depth: usize) -> R<bool> {
+        let info = &self.set.rules[rule as usize];
+        let start = self.i;
+        if self.b.get(start) == Some(&b'"') {
+            let (_, end, escaped) = self.scan_string()?;
+            if !escaped {
+                // Flushing up to the string is right whatever comes: a kept string stays
+                // owed from `start`.
+                self.flush_to(start);
+                if let Some(c) = info.constant.as_deref() {
+                    self.out.extend_from_slice(c);
+                    self.copied = self.i;
+                    self.note_masked();
+                    return Ok(false);
+                }
+                let s = &self.text[start + 1..end - 1];
+                if let Some(written) = info.action.write_str_direct(s, &mut self.out) {
+                    if written {
+                        self.copied = self.i;
+                    }
+                    self.note_masked();
+                    return Ok(false);
+                }
+            }
+            // Read again there (a string is short next to what the other cases cost).
+            self.i = start;
+        }
+        self.selected_other(rule, depth)
+    }
+
+    /// `selected` for everything but its two common cases: scalars are transformed
+    /// straight from the text, containers validated and skipped (every action replaces
+    /// them whole).
+    #[inline(never)]
+    fn selected_other(&mut self, rule: u32, depth: usize) -> R<bool> {
         let set = self.set;
         let info = &set.rules[rule as usize];
         let start = self.i;
@@ -631,19 +666,6 @@ impl<'a> Stream<'_, '_, 'a> {
         match self.peek()? {
             b'"' => {
                 let (_, end, escaped) = self.scan_string()?;
-                if !escaped {
-                    // Flushing up to the string is right whatever comes: a kept string
-                    // stays owed from `start`.
-                    self.flush_to(start);
-                    let s = &self.text[start + 1..end - 1];
-                    if let Some(written) = action.write_str_direct(s, &mut self.out) {
-                        if written {
-                            self.copied = self.i;
-                        }
-                        self.note_masked();
-                        return Ok(false);
-                    }
-                }
                 let decoded: Option<String> = if escaped {
                     Some(serde_json::from_str(&self.text[start..end]).map_err(|_| Bail)?)
                 } else {
@@ -965,14 +987,18 @@ impl<'a> Stream<'_, '_, 'a> {
         let mut m = self.mark(self.i);
         self.path.push(self.last);
         self.path_gen += 1;
+        // The shape's members, held here while the object is open (values nest one depth
+        // down, never in this shape): no lookup through `names` per member. Put back at
+        // the end; on an error the whole pass is given up anyway.
+        let mut preds = std::mem::take(&mut self.names[depth].shapes[sh].pred);
         loop {
-            let (name, h, child, win, same_as_pred) = match self.known_member(depth, sh, pos) {
+            let (name, h, child, win, same_as_pred) = match self.known_member(&preds, pos) {
                 Some(p) => p,
-                None => self.new_member(depth, sh, pos, state, has_keys)?,
+                None => self.new_member(&mut preds, pos, state, has_keys)?,
             };
             if !(same_as_pred && pos < known) {
                 if known != 0 {
-                    self.start_duplicate_check(depth, sh, pos);
+                    self.start_duplicate_check(depth, &preds[..pos]);
                     known = 0;
                 }
                 self.check_duplicate(depth, name.as_bytes(), h)?;
@@ -987,7 +1013,9 @@ impl<'a> Stream<'_, '_, 'a> {
             }
             if !self.separator(b'}', written, &mut m)? {
                 // Every member's name is now in `pred` at its position (up to MAX_PRED).
-                self.names[depth].shapes[sh].distinct = pos.min(MAX_PRED);
+                let shape = &mut self.names[depth].shapes[sh];
+                shape.pred = preds;
+                shape.distinct = pos.min(MAX_PRED);
                 self.path.pop();
                 self.path_gen += 1;
                 return Ok(());
@@ -998,27 +1026,26 @@ impl<'a> Stream<'_, '_, 'a> {
     /// The first member that differs from `pred` (at `pos`): the names before it, equal to
     /// `pred[..pos]`, go into the duplicate check's list.
     #[cold]
-    fn start_duplicate_check(&mut self, depth: usize, sh: usize, pos: usize) {
+    fn start_duplicate_check(&mut self, depth: usize, before: &[Pred<'a>]) {
         let n = &mut self.names[depth];
-        for i in 0..pos {
-            let p = n.shapes[sh].pred[i];
+        for p in before {
             n.bloom |= 1u64 << (p.h >> 58);
             n.list.push(p.name.as_bytes());
         }
     }
 
-    /// The member at `self.i` when it is written exactly as the one at position `pos` of
-    /// the last object in shape `sh` (`"name":`, compact): its name, hash, child state and
-    /// winning rule, and `self.i` past the colon. The bytes compared are the whole name
-    /// token, so the scan would have found the same name (names never hold escapes here).
+    /// The member at `self.i` when it is written exactly as `preds[pos]`, the one at its
+    /// position in the last object of this shape (`"name":`, compact): its name, hash,
+    /// child state and winning rule, and `self.i` past the colon. The bytes compared are
+    /// the whole name token, so the scan would have found the same name (names never hold
+    /// escapes here).
     #[inline(always)]
     fn known_member(
         &mut self,
-        depth: usize,
-        sh: usize,
+        preds: &[Pred<'a>],
         pos: usize,
     ) -> Option<(&'a str, u64, u32, Option<u32>, bool)> {
-        let p = self.names[depth].shapes[sh].pred.get(pos)?;
+        let p = preds.get(pos)?;
         let n = p.head.len();
         // `head` is at least `"":`, so an empty one (whitespace) never matches.
         let at = self.b.get(self.i..self.i + n)?;
@@ -1029,15 +1056,14 @@ impl<'a> Stream<'_, '_, 'a> {
         Some((p.name, p.h, p.child, p.win, true))
     }
 
-    /// The member at `self.i` (position `pos` of an object at `depth` in DFA state `state`,
-    /// shape `sh`) read in full: name, hash, child state and winning rule, `self.i` past
-    /// the colon. From the last object's member at the same position in that shape when
-    /// it had the same name (then also true), else resolved and remembered there.
+    /// The member at `self.i` (position `pos` of an object in DFA state `state`) read in
+    /// full: name, hash, child state and winning rule, `self.i` past the colon. From
+    /// `preds[pos]` (the last object's member at the same position in this shape) when it
+    /// had the same name (then also true), else resolved and remembered there.
     #[inline(never)]
     fn new_member(
         &mut self,
-        depth: usize,
-        sh: usize,
+        preds: &mut Vec<Pred<'a>>,
         pos: usize,
         state: u32,
         has_keys: bool,
@@ -1067,7 +1093,7 @@ impl<'a> Stream<'_, '_, 'a> {
         self.i += 1;
         let head: &'a [u8] = if compact { &self.b[ks..self.i] } else { &[] };
         let k = name.as_bytes();
-        if let Some(p) = self.names[depth].shapes[sh].pred.get_mut(pos) {
+        if let Some(p) = preds.get_mut(pos) {
             if same(p.name.as_bytes(), k) {
                 // Same name, written differently (whitespace): remember this writing.
                 if p.head.is_empty() {
@@ -1086,7 +1112,6 @@ impl<'a> Stream<'_, '_, 'a> {
             h,
             win: self.winner(child, key_bits),
         };
-        let preds = &mut self.names[depth].shapes[sh].pred;
         if let Some(slot) = preds.get_mut(pos) {
             *slot = p;
         } else if pos == preds.len() && pos < MAX_PRED {
