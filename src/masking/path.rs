@@ -338,12 +338,18 @@ fn fast_collect(
     }
 }
 
+/// `name` is written as it is in a normalized path (`push_name` escapes nothing in it).
+#[inline]
+pub fn plain_name(name: &[u8]) -> bool {
+    !name.iter().any(|&c| c == b'\'' || c == b'\\' || c < 0x20)
+}
+
 /// Appends `['name']` in RFC 9535 normal form (single quotes; `'`, `\` and
 /// C0 controls escaped).
 pub fn push_name(out: &mut String, name: &str) {
     out.push_str("['");
     // Most names need no escape: copy them whole.
-    if !name.bytes().any(|c| c == b'\'' || c == b'\\' || c < 0x20) {
+    if plain_name(name.as_bytes()) {
         out.push_str(name);
         out.push_str("']");
         return;

@@ -14,7 +14,7 @@
 
 use super::actions::StrResult;
 use super::dfa::{name_hash, same, Dfa};
-use super::path::{push_index, push_name};
+use super::path::{plain_name, push_index, push_name};
 use super::{FieldSet, MaskReport};
 use serde_json::Value;
 use std::collections::HashSet;
@@ -38,7 +38,9 @@ type R<T> = Result<T, Bail>;
 enum PStep<'a> {
     /// The document itself (no step).
     Root,
-    Key(&'a str),
+    /// A member name, and whether it is written as it is in a normalized path (no `'`,
+    /// `\\` or control character to escape: known when the name is first resolved).
+    Key(&'a str, bool),
     Index(usize),
 }
 
@@ -116,6 +118,8 @@ struct Pred<'a> {
     h: u64,
     /// The rule selecting the member's value (`winner(child, key_bits)`).
     win: Option<u32>,
+    /// `name` needs no escape in a normalized path (see `PStep::Key`).
+    plain: bool,
 }
 
 /// Member positions remembered per depth (records rarely have more members).
@@ -455,7 +459,12 @@ impl<'a> Stream<'_, '_, 'a> {
         fn push_step(s: &mut String, st: PStep<'_>) {
             match st {
                 PStep::Root => {}
-                PStep::Key(k) => push_name(s, k),
+                PStep::Key(k, true) => {
+                    s.push_str("['");
+                    s.push_str(k);
+                    s.push_str("']");
+                }
+                PStep::Key(k, false) => push_name(s, k),
                 PStep::Index(i) => push_index(s, i),
             }
         }
@@ -992,10 +1001,18 @@ impl<'a> Stream<'_, '_, 'a> {
         // the end; on an error the whole pass is given up anyway.
         let mut preds = std::mem::take(&mut self.names[depth].shapes[sh].pred);
         loop {
-            let (name, h, child, win, same_as_pred) = match self.known_member(&preds, pos) {
-                Some(p) => p,
+            let (p, same_as_pred) = match self.known_member(&preds, pos) {
+                Some(p) => (p, true),
                 None => self.new_member(&mut preds, pos, state, has_keys)?,
             };
+            let Pred {
+                name,
+                h,
+                child,
+                win,
+                plain,
+                ..
+            } = p;
             if !(same_as_pred && pos < known) {
                 if known != 0 {
                     self.start_duplicate_check(depth, &preds[..pos]);
@@ -1004,7 +1021,7 @@ impl<'a> Stream<'_, '_, 'a> {
                 self.check_duplicate(depth, name.as_bytes(), h)?;
             }
             pos += 1;
-            self.last = PStep::Key(name);
+            self.last = PStep::Key(name, plain);
             let removed = self.value(win, child, depth + 1)?;
             if removed {
                 self.drop_since(&m);
@@ -1040,11 +1057,7 @@ impl<'a> Stream<'_, '_, 'a> {
     /// the whole name token, so the scan would have found the same name (names never hold
     /// escapes here).
     #[inline(always)]
-    fn known_member(
-        &mut self,
-        preds: &[Pred<'a>],
-        pos: usize,
-    ) -> Option<(&'a str, u64, u32, Option<u32>, bool)> {
+    fn known_member(&mut self, preds: &[Pred<'a>], pos: usize) -> Option<Pred<'a>> {
         let p = preds.get(pos)?;
         let n = p.head.len();
         // `head` is at least `"":`, so an empty one (whitespace) never matches.
@@ -1053,7 +1066,7 @@ impl<'a> Stream<'_, '_, 'a> {
             return None;
         }
         self.i += n;
-        Some((p.name, p.h, p.child, p.win, true))
+        Some(*p)
     }
 
     /// The member at `self.i` (position `pos` of an object in DFA state `state`) read in
@@ -1067,7 +1080,7 @@ impl<'a> Stream<'_, '_, 'a> {
         pos: usize,
         state: u32,
         has_keys: bool,
-    ) -> R<(&'a str, u64, u32, Option<u32>, bool)> {
+    ) -> R<(Pred<'a>, bool)> {
         if self.peek()? != b'"' {
             // Whitespace after a comma is only looked for here.
             self.ws();
@@ -1099,7 +1112,7 @@ impl<'a> Stream<'_, '_, 'a> {
                 if p.head.is_empty() {
                     p.head = head;
                 }
-                return Ok((p.name, p.h, p.child, p.win, true));
+                return Ok((*p, true));
             }
         }
         let h = name_hash(k);
@@ -1111,13 +1124,14 @@ impl<'a> Stream<'_, '_, 'a> {
             child,
             h,
             win: self.winner(child, key_bits),
+            plain: plain_name(k),
         };
         if let Some(slot) = preds.get_mut(pos) {
             *slot = p;
         } else if pos == preds.len() && pos < MAX_PRED {
             preds.push(p);
         }
-        Ok((name, h, child, p.win, false))
+        Ok((p, false))
     }
 
     /// serde_json keeps one member per name (the last value, at the first position): such
