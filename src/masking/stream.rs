@@ -1534,6 +1534,35 @@ sets:
     }
 
     #[test]
+    fn member_heads_match_whole_names_only() {
+        // A member is recognised by the bytes `"name":` of the one at its position in the
+        // last record: a longer name, a name written with whitespace, or a different value
+        // must each still be read as what they are (`masked` compares with the tree walk).
+        let docs = [
+            r#"[{"ssn":"1","a":2},{"ssnx":"1","a":2},{"ssn":"1","a":2},{"ss":"1","a":2}]"#,
+            r#"[{"ssn":"1"},{"ssn" :"2"},{"ssn":"3"},{ "ssn":"4"},{"ssn": "5"}]"#,
+            r#"[{"a":{"ssn":"1"}},{"a":[{"ssn":"2"}]},{"a":"ssn"},{"a":{"ssn":"3"}}]"#,
+            r#"[{"mrn":"1","age":95},{"MRN":"2","age":3},{"mrn":"3","age":"95"}]"#,
+            r#"[{"a":1,"b":2},{"b":1,"a":2},{"a":1},{"a":1,"b":2,"c":3}]"#,
+        ];
+        for doc in docs {
+            let out = masked("patient", doc);
+            assert!(!out.contains(r#""ssn":"1""#), "{out}");
+        }
+        let out = masked("patient", docs[0]);
+        assert!(
+            out.contains(r#""ssnx":"1""#) && out.contains(r#""ss":"1""#),
+            "{out}"
+        );
+        let out = masked("patient", docs[1]);
+        assert_eq!(out.matches("[REDACTED]").count(), 5, "{out}");
+        let out = masked("patient", docs[3]);
+        assert_eq!(out.matches("[REDACTED]").count(), 3, "{out}");
+        // An escaped name where the last record had a plain one: the tree walk's case.
+        assert!(!streams(r#"[{"ssn":"1"},{"ss\u006e":"2"}]"#));
+    }
+
+    #[test]
     fn numbers_of_every_form() {
         let nums = [
             "0",
