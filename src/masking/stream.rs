@@ -4,7 +4,10 @@
 //! is only copied when something differs (whitespace dropped, a value masked, a number or
 //! escape normalised), so compact unmasked stretches cost one copy. Selected values are
 //! transformed straight from the text (containers only validated and skipped: every action
-//! replaces them whole). Fast rules are stepped as one DFA (`dfa`).
+//! replaces them whole). Fast rules are stepped as one DFA (`dfa`). The records of a list
+//! repeat their members: each object shape (depth and DFA state) remembers, by position, the
+//! last member's name as written (`"name":`), its DFA child state and the rule selecting its
+//! value, so a member written as before is recognised by one compare of those bytes.
 //!
 //! The output is byte-for-byte what the tree walk in `engine` produces (compact serde_json,
 //! numbers and escapes normalised the same way). Whatever would need the whole tree or could
