@@ -129,14 +129,6 @@ impl std::ops::Index<usize> for Paths {
     }
 }
 
-impl<'a> IntoIterator for &'a Paths {
-    type Item = &'a str;
-    type IntoIter = Box<dyn Iterator<Item = &'a str> + 'a>;
-    fn into_iter(self) -> Self::IntoIter {
-        Box::new(self.iter())
-    }
-}
-
 impl std::fmt::Debug for Paths {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_list().entries(self.iter()).finish()

@@ -935,7 +935,7 @@ sets:
                 serde_json::to_string(&strip(&doc)).unwrap()
             );
             // Every reported path is a valid normalized path of the input.
-            for p in &rep.paths {
+            for p in rep.paths.iter() {
                 let steps = parse_normalized(p).unwrap();
                 prop_assert!(doc.pointer(&to_pointer(&steps)).is_some(), "{}", p);
             }
