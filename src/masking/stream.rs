@@ -125,6 +125,15 @@ struct Pred<'a> {
     plain: bool,
 }
 
+/// Where `Stream::replay` left an object.
+enum Replay {
+    /// Every member was as remembered, and the object is closed.
+    Closed,
+    /// Members read, and of those kept; the member loop goes on from there (from its
+    /// separator when `pos` > 0).
+    Stopped { pos: usize, written: usize },
+}
+
 /// Member positions remembered per depth (records rarely have more members).
 const MAX_PRED: usize = 64;
 
@@ -1003,6 +1012,22 @@ impl<'a> Stream<'_, '_, 'a> {
         // down, never in this shape): no lookup through `names` per member. Put back at
         // the end; on an error the whole pass is given up anyway.
         let mut preds = std::mem::take(&mut self.names[depth].shapes[sh].pred);
+        if known != 0 {
+            match self.replay(&preds[..known], depth, &mut m)? {
+                Replay::Closed => {
+                    self.close_object(depth, sh, preds, known);
+                    return Ok(());
+                }
+                Replay::Stopped { pos: 0, .. } => {}
+                Replay::Stopped { pos: k, written: w } => {
+                    (pos, written) = (k, w);
+                    if !self.separator(b'}', written, &mut m)? {
+                        self.close_object(depth, sh, preds, pos);
+                        return Ok(());
+                    }
+                }
+            }
+        }
         loop {
             let (p, same_as_pred) = match self.known_member(&preds, pos) {
                 Some(p) => (p, true),
@@ -1032,13 +1057,72 @@ impl<'a> Stream<'_, '_, 'a> {
                 written += 1;
             }
             if !self.separator(b'}', written, &mut m)? {
-                // Every member's name is now in `pred` at its position (up to MAX_PRED).
-                let shape = &mut self.names[depth].shapes[sh];
-                shape.pred = preds;
-                shape.distinct = pos.min(MAX_PRED);
-                self.path.pop();
-                self.path_gen += 1;
+                self.close_object(depth, sh, preds, pos);
                 return Ok(());
+            }
+        }
+    }
+
+    /// After an object's last member: its `pos` members' names are now in `preds` at their
+    /// positions (up to MAX_PRED), which go back to the shape.
+    #[inline(always)]
+    fn close_object(&mut self, depth: usize, sh: usize, preds: Vec<Pred<'a>>, pos: usize) {
+        let shape = &mut self.names[depth].shapes[sh];
+        shape.pred = preds;
+        shape.distinct = pos.min(MAX_PRED);
+        self.path.pop();
+        self.path_gen += 1;
+    }
+
+    /// An object's members from the first, as long as each is written exactly as the one at
+    /// its position in the last object of this shape (`preds`, pairwise distinct names):
+    /// the comma and `"name":` are recognised by one compare, with no separator state, mark
+    /// or duplicate check per member. Stops at the first member written otherwise, or after
+    /// a removed one, where the member loop takes over (`Stopped`: members read, members
+    /// kept), or at the closing brace after the last of `preds`.
+    #[inline(always)]
+    fn replay(&mut self, preds: &[Pred<'a>], depth: usize, m: &mut Mark) -> R<Replay> {
+        let mut k = 0;
+        loop {
+            let p = &preds[k];
+            // At the comma before the member (the first has none).
+            let start = self.i;
+            let h = if k == 0 {
+                start
+            } else if self.b.get(start) == Some(&b',') {
+                start + 1
+            } else {
+                return Ok(Replay::Stopped { pos: k, written: k });
+            };
+            let n = p.head.len();
+            match self.b.get(h..h + n) {
+                Some(at) if n != 0 && same(at, p.head) => {}
+                _ => return Ok(Replay::Stopped { pos: k, written: k }),
+            }
+            if p.win.is_some() {
+                // Only a selected value can be removed: the member loop's mark for it.
+                *m = Mark {
+                    out: self.out.len(),
+                    copied: self.copied,
+                    cut: start,
+                };
+            }
+            self.i = h + n;
+            self.last = PStep::Key(p.name, p.plain);
+            if self.value(p.win, p.child, depth + 1)? {
+                self.drop_since(m);
+                return Ok(Replay::Stopped {
+                    pos: k + 1,
+                    written: k,
+                });
+            }
+            k += 1;
+            if k == preds.len() {
+                if self.b.get(self.i) == Some(&b'}') {
+                    self.i += 1;
+                    return Ok(Replay::Closed);
+                }
+                return Ok(Replay::Stopped { pos: k, written: k });
             }
         }
     }
