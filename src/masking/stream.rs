@@ -123,6 +123,48 @@ struct Pred<'a> {
     win: Option<u32>,
     /// `name` needs no escape in a normalized path (see `PStep::Key`).
     plain: bool,
+    /// The comma and `head` (`,"name":`) when they fit 16 bytes: `replay` compares them
+    /// as two words.
+    sep_head: SepHead,
+}
+
+/// Up to 16 bytes as two little-endian words, and which of their bytes count (no bytes
+/// count when the head is empty or too long: never equal then).
+#[derive(Clone, Copy, Default)]
+struct SepHead {
+    w: [u64; 2],
+    mask: [u64; 2],
+}
+
+impl SepHead {
+    fn new(head: &[u8]) -> SepHead {
+        let mut bytes = [0u8; 16];
+        let n = head.len() + 1;
+        if head.is_empty() || n > 16 {
+            return SepHead::default();
+        }
+        bytes[0] = b',';
+        bytes[1..n].copy_from_slice(head);
+        let word = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
+        let mask = |lane: usize| match n.saturating_sub(lane * 8) {
+            0 => 0,
+            k if k >= 8 => u64::MAX,
+            k => (1u64 << (k * 8)) - 1,
+        };
+        SepHead {
+            w: [word(0), word(8)],
+            mask: [mask(0), mask(1)],
+        }
+    }
+
+    /// Whether `at` (16 bytes) starts with these bytes.
+    #[inline(always)]
+    fn matches(&self, at: &[u8; 16]) -> bool {
+        let lo = u64::from_le_bytes(at[..8].try_into().expect("8 bytes"));
+        let hi = u64::from_le_bytes(at[8..].try_into().expect("8 bytes"));
+        self.mask[0] != 0
+            && ((lo ^ self.w[0]) & self.mask[0]) | ((hi ^ self.w[1]) & self.mask[1]) == 0
+    }
 }
 
 /// Where `Stream::replay` left an object.
@@ -1087,18 +1129,26 @@ impl<'a> Stream<'_, '_, 'a> {
             let p = &preds[k];
             // At the comma before the member (the first has none).
             let start = self.i;
-            let h = if k == 0 {
-                start
-            } else if self.b.get(start) == Some(&b',') {
+            let n = p.head.len();
+            let fast = match self.b.get(start..start + 16) {
+                Some(at) if k != 0 => p.sep_head.matches(at.try_into().expect("16 bytes")),
+                _ => false,
+            };
+            let h = if fast {
                 start + 1
             } else {
-                return Ok(Replay::Stopped { pos: k, written: k });
+                let h = if k == 0 {
+                    start
+                } else if self.b.get(start) == Some(&b',') {
+                    start + 1
+                } else {
+                    return Ok(Replay::Stopped { pos: k, written: k });
+                };
+                match self.b.get(h..h + n) {
+                    Some(at) if n != 0 && same(at, p.head) => h,
+                    _ => return Ok(Replay::Stopped { pos: k, written: k }),
+                }
             };
-            let n = p.head.len();
-            match self.b.get(h..h + n) {
-                Some(at) if n != 0 && same(at, p.head) => {}
-                _ => return Ok(Replay::Stopped { pos: k, written: k }),
-            }
             if p.win.is_some() {
                 // Only a selected value can be removed: the member loop's mark for it.
                 *m = Mark {
@@ -1198,6 +1248,7 @@ impl<'a> Stream<'_, '_, 'a> {
                 // Same name, written differently (whitespace): remember this writing.
                 if p.head.is_empty() {
                     p.head = head;
+                    p.sep_head = SepHead::new(head);
                 }
                 return Ok((*p, true));
             }
@@ -1212,6 +1263,7 @@ impl<'a> Stream<'_, '_, 'a> {
             h,
             win: self.winner(child, key_bits),
             plain: plain_name(k),
+            sep_head: SepHead::new(head),
         };
         if let Some(slot) = preds.get_mut(pos) {
             *slot = p;
@@ -1283,6 +1335,7 @@ mod tests {
     //! `mask_document` compares both engines on every call under `cfg(test)`; these cases
     //! make sure the streaming pass is really taken for them, and cover its edges.
     use super::super::{FieldRules, MaskReport};
+    use super::SepHead;
 
     #[test]
     fn special_byte_search_finds_the_first_quote_backslash_or_control() {
@@ -1618,6 +1671,40 @@ sets:
             ),
             r#"{"msk":"aéééééé\\e","rep":"x\"y","repn":7,"red":"[REDACTED]"}"#
         );
+    }
+
+    #[test]
+    fn comma_and_head_compare_every_byte_up_to_16() {
+        let pad = |s: &[u8]| {
+            let mut a = [b'#'; 16];
+            a[..s.len()].copy_from_slice(s);
+            a
+        };
+        // Heads of 3..=15 bytes (with the comma, 4..=16).
+        for n in 0..=12 {
+            let head = format!("\"{}\":", "k".repeat(n));
+            let sep = SepHead::new(head.as_bytes());
+            let written = format!(",{head}");
+            assert!(sep.matches(&pad(written.as_bytes())), "{written}");
+            // Any one byte different, the comma included, is another member.
+            for i in 0..written.len() {
+                let mut other = written.clone().into_bytes();
+                other[i] ^= 0x20;
+                assert!(!sep.matches(&pad(&other)), "{head} differs at {i}");
+            }
+            // What follows the head does not count.
+            let mut tail = pad(written.as_bytes());
+            tail[written.len()..].fill(b'x');
+            assert!(sep.matches(&tail));
+        }
+        // Too long to fit with its comma, or none remembered: never equal.
+        let long = b"\"kkkkkkkkkkkkk\":";
+        assert_eq!(long.len(), 16);
+        let mut written = [0u8; 16];
+        written[0] = b',';
+        written[1..].copy_from_slice(&long[..15]);
+        assert!(!SepHead::new(long).matches(&written));
+        assert!(!SepHead::new(b"").matches(&pad(b",")));
     }
 
     #[test]
