@@ -25,6 +25,9 @@ pub(crate) struct Dfa {
     names: Vec<Option<(u64, Box<str>, u32)>>,
     /// Non-negative indices used by index selectors, with their class.
     indices: Vec<(usize, u32)>,
+    /// One past the largest of `indices` (0 without): every index from here on is of
+    /// class `other_index`.
+    listed_end: usize,
     other_name: u32,
     other_index: u32,
     classes: usize,
@@ -186,6 +189,7 @@ impl Dfa {
             }
             table[j] = Some((h, Box::from(*n), c as u32));
         }
+        let listed_end = indices.iter().max().map_or(0, |i| i + 1);
         let indices = indices
             .iter()
             .enumerate()
@@ -194,6 +198,7 @@ impl Dfa {
         Some(Dfa {
             names: table,
             indices,
+            listed_end,
             other_name,
             other_index,
             classes: nc,
@@ -216,6 +221,17 @@ impl Dfa {
             j = (j + 1) & mask;
         }
         self.other_name
+    }
+
+    /// Indices from here on are all of one class (`other_index`), so step the DFA alike.
+    #[inline]
+    pub(crate) fn listed_end(&self) -> usize {
+        self.listed_end
+    }
+
+    #[inline]
+    pub(crate) fn other_index(&self) -> u32 {
+        self.other_index
     }
 
     #[inline]

@@ -18,6 +18,7 @@ mod cts;
 pub mod detect;
 mod dfa;
 mod engine;
+pub mod gather;
 pub mod path;
 mod stream;
 pub(crate) use stream::needs_escape;
@@ -323,21 +324,10 @@ fn classify_json_error(e: &serde_json::Error) -> MaskError {
 }
 
 /// `body` as text, when it is UTF-8. Most API bodies are ASCII, which a wide OR over 64
-/// bytes a step (vectorised) confirms in a fraction of `from_utf8`'s time; anything else
-/// takes the full check.
+/// bytes a step confirms in a fraction of `from_utf8`'s time; anything else takes the
+/// full check.
 fn utf8(body: &[u8]) -> Option<&str> {
-    let mut chunks = body.chunks_exact(64);
-    let mut ascii = true;
-    for c in &mut chunks {
-        let acc = c.chunks_exact(8).fold(0u64, |a, w| {
-            a | u64::from_le_bytes(w.try_into().expect("8 bytes"))
-        });
-        if acc & 0x8080_8080_8080_8080 != 0 {
-            ascii = false;
-            break;
-        }
-    }
-    if ascii && chunks.remainder().is_ascii() {
+    if gather::is_ascii(body) {
         // SAFETY: every byte is below 0x80, and ASCII is valid UTF-8.
         return Some(unsafe { std::str::from_utf8_unchecked(body) });
     }
@@ -362,6 +352,23 @@ impl FieldSet {
             return Err(MaskError::Bom);
         }
         let text = utf8(body).ok_or(MaskError::InvalidUtf8)?;
+        self.mask_text(text, max_depth)
+    }
+
+    /// `mask_document` of a gathered body, which skips the UTF-8 pass when the body was
+    /// found to be ASCII as it arrived (no BOM then either).
+    pub fn mask_gathered(
+        &self,
+        body: &gather::Gathered,
+        max_depth: usize,
+    ) -> Result<(Vec<u8>, MaskReport), MaskError> {
+        match body.ascii_text() {
+            Some(text) => self.mask_text(text, max_depth),
+            None => self.mask_document(body.bytes(), max_depth),
+        }
+    }
+
+    fn mask_text(&self, text: &str, max_depth: usize) -> Result<(Vec<u8>, MaskReport), MaskError> {
         if stream::supported(self) {
             let mut report = MaskReport::default();
             if let Some(out) = stream::mask(self, text, max_depth, &mut report) {

@@ -201,12 +201,13 @@ struct Stream<'s, 'r, 'a> {
     /// overwrite `last` (no push and pop per value).
     path: Vec<PStep<'a>>,
     last: PStep<'a>,
-    /// Changes whenever `path` does.
-    path_gen: u64,
-    /// `path` rendered ("$['a'][0]"), when `prefix_gen == path_gen`: a record's masked
-    /// members share it (only their own step is rendered per note).
+    /// `path[..rendered]` rendered ("$['a'][0]"), and where each step's rendering ends:
+    /// a step is rendered once, when a masked node below it is first noted, and stays
+    /// until it is popped (a record's masked members share it; only their own step is
+    /// rendered per note).
     prefix: String,
-    prefix_gen: u64,
+    prefix_ends: Vec<usize>,
+    rendered: usize,
     names: Vec<Names<'a>>,
     memo: KeyMemo<'a>,
     /// Results of value transforms (reused: no allocation per masked field).
@@ -244,9 +245,9 @@ pub(super) fn mask(
         out: Vec::with_capacity(text.len() + text.len() / 8 + 16),
         path: Vec::with_capacity(16),
         last: PStep::Root,
-        path_gen: 0,
-        prefix: String::new(),
-        prefix_gen: u64::MAX,
+        prefix: String::from("$"),
+        prefix_ends: vec![1],
+        rendered: 0,
         names: Vec::new(),
         memo: KeyMemo {
             slots: vec![None; memo_slots],
@@ -522,15 +523,17 @@ impl<'a> Stream<'_, '_, 'a> {
                 PStep::Index(i) => push_index(s, i),
             }
         }
-        if self.prefix_gen != self.path_gen {
-            self.prefix.clear();
-            self.prefix.push('$');
-            for &st in &self.path {
+        if self.rendered < self.path.len() {
+            self.prefix.truncate(self.prefix_ends[self.rendered]);
+            self.prefix_ends.truncate(self.rendered + 1);
+            for &st in &self.path[self.rendered..] {
                 push_step(&mut self.prefix, st);
+                self.prefix_ends.push(self.prefix.len());
             }
-            self.prefix_gen = self.path_gen;
+            self.rendered = self.path.len();
         }
-        let (prefix, last) = (&self.prefix, self.last);
+        // Steps popped since are still rendered past `path.len()`'s end.
+        let (prefix, last) = (&self.prefix[..self.prefix_ends[self.path.len()]], self.last);
         self.report.note(|s| {
             s.push_str(prefix);
             push_step(s, last);
@@ -1049,7 +1052,6 @@ impl<'a> Stream<'_, '_, 'a> {
         let (mut written, mut pos) = (0usize, 0usize);
         let mut m = self.mark(self.i);
         self.path.push(self.last);
-        self.path_gen += 1;
         // The shape's members, held here while the object is open (values nest one depth
         // down, never in this shape): no lookup through `names` per member. Put back at
         // the end; on an error the whole pass is given up anyway.
@@ -1113,7 +1115,7 @@ impl<'a> Stream<'_, '_, 'a> {
         shape.pred = preds;
         shape.distinct = pos.min(MAX_PRED);
         self.path.pop();
-        self.path_gen += 1;
+        self.rendered = self.rendered.min(self.path.len());
     }
 
     /// An object's members from the first, as long as each is written exactly as the one at
@@ -1310,11 +1312,20 @@ impl<'a> Stream<'_, '_, 'a> {
         let (mut idx, mut written) = (0usize, 0usize);
         let mut m = self.mark(self.i);
         self.path.push(self.last);
-        self.path_gen += 1;
+        // Past the indices some selector lists, elements all step the DFA alike: their
+        // state and winning rule are resolved once per array.
+        let listed = self.dfa.listed_end();
+        let other = self.dfa.next(state, self.dfa.other_index());
+        let other_win = self.winner(other, 0);
         loop {
-            let child = self.dfa.next(state, self.dfa.index_class(idx));
+            let (child, win) = if idx < listed {
+                let child = self.dfa.next(state, self.dfa.index_class(idx));
+                (child, self.winner(child, 0))
+            } else {
+                (other, other_win)
+            };
             self.last = PStep::Index(idx);
-            let removed = self.value(self.winner(child, 0), child, depth + 1)?;
+            let removed = self.value(win, child, depth + 1)?;
             if removed {
                 self.drop_since(&m);
             } else {
@@ -1323,7 +1334,7 @@ impl<'a> Stream<'_, '_, 'a> {
             idx += 1;
             if !self.separator(b']', written, &mut m)? {
                 self.path.pop();
-                self.path_gen += 1;
+                self.rendered = self.rendered.min(self.path.len());
                 return Ok(());
             }
         }

@@ -15,6 +15,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::error::{full_body, Body, BoxError, GatewayError};
+use crate::masking::gather::{Gathered, Gatherer};
 use crate::masking::{FieldSet, MaskReport};
 
 /// Bodies above this size are masked on a blocking thread, not on the reactor.
@@ -298,9 +299,12 @@ impl MaskJob<'_> {
             BodyKind::Json => {
                 let coding = content_coding(&parts.headers)?;
                 let raw = self.collect(body, &parts.headers).await?;
-                let plain = decode(coding, raw, self.max_body)?;
+                let plain = match coding {
+                    Coding::Identity => raw,
+                    _ => Gathered::new(decode(coding, raw.into_bytes(), self.max_body)?),
+                };
                 let (set, depth) = (self.set.clone(), self.max_depth);
-                let masked = if plain.len() > BLOCKING_THRESHOLD {
+                let masked = if plain.bytes().len() > BLOCKING_THRESHOLD {
                     let slot = large_mask_slots()
                         .acquire_owned()
                         .await
@@ -308,12 +312,12 @@ impl MaskJob<'_> {
                     // Held by the masking thread: a client gone meanwhile frees no slot early.
                     tokio::task::spawn_blocking(move || {
                         let _slot = slot;
-                        set.mask_document(&plain, depth)
+                        set.mask_gathered(&plain, depth)
                     })
                     .await
                     .map_err(|_| refuse("masking failed"))?
                 } else {
-                    set.mask_document(&plain, depth)
+                    set.mask_gathered(&plain, depth)
                 };
                 let (out, report) = masked.map_err(|e| {
                     refuse(&format!(
@@ -353,7 +357,7 @@ impl MaskJob<'_> {
                     .boxed_unsync()
                 } else {
                     // Compressed streams are decoded whole (under the limit), then masked per line.
-                    let raw = self.collect(body, &parts.headers).await?;
+                    let raw = self.collect(body, &parts.headers).await?.into_bytes();
                     let plain = decode(coding, raw, self.max_body)?;
                     let mut out = Vec::with_capacity(plain.len());
                     for line in plain.split(|b| *b == b'\n') {
@@ -381,7 +385,7 @@ impl MaskJob<'_> {
 
     /// The whole body, within the limit; an upstream failure mid-body is a 502, never a
     /// partial body.
-    async fn collect(&self, body: Incoming, headers: &HeaderMap) -> Result<Bytes, GatewayError> {
+    async fn collect(&self, body: Incoming, headers: &HeaderMap) -> Result<Gathered, GatewayError> {
         const TOO_LARGE: &str = "the upstream's body exceeds the masking size limit";
         let declared = headers
             .get(header::CONTENT_LENGTH)
@@ -390,39 +394,20 @@ impl MaskJob<'_> {
         if declared.is_some_and(|len| len > self.max_body) {
             return Err(refuse(TOO_LARGE));
         }
-        // Each frame is copied into one buffer as it arrives, while it is still in cache
-        // (collecting all frames first, then joining them, read a large body back from
-        // memory); a body of one frame is not copied at all.
+        // Within the limit checked above: sizes the buffer once.
+        let mut gathered = Gatherer::new(declared);
         let mut body = body;
-        let mut first: Option<Bytes> = None;
-        let mut joined: Option<BytesMut> = None;
-        let mut len = 0u64;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|_| refuse("the upstream failed while sending the body"))?;
             let Ok(data) = frame.into_data() else {
                 continue; // trailers: not part of the document
             };
-            len += data.len() as u64;
-            if len > self.max_body {
+            if (gathered.len() + data.len()) as u64 > self.max_body {
                 return Err(refuse(TOO_LARGE));
             }
-            if let Some(buf) = joined.as_mut() {
-                buf.extend_from_slice(&data);
-            } else if let Some(f) = first.take() {
-                // Both are within the limit checked above.
-                let cap = declared.unwrap_or(0).max(len);
-                let mut buf = BytesMut::with_capacity(cap as usize);
-                buf.extend_from_slice(&f);
-                buf.extend_from_slice(&data);
-                joined = Some(buf);
-            } else {
-                first = Some(data);
-            }
+            gathered.push(data);
         }
-        Ok(match joined {
-            Some(buf) => buf.freeze(),
-            None => first.unwrap_or_default(),
-        })
+        Ok(gathered.finish())
     }
 
     fn maybe_gzip(&self, h: &mut HeaderMap, out: Vec<u8>) -> Vec<u8> {
