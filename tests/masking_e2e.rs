@@ -388,6 +388,45 @@ async fn invalid_json_bodies_are_refused() {
     assert_eq!(r.json()["patients"][0]["ssn"], R);
 }
 
+/// Bodies are checked for ASCII frame by frame as they arrive; a character cut by a frame
+/// edge must neither be refused when whole nor pass when broken.
+#[tokio::test]
+async fn non_ascii_bodies_cut_into_frames_anywhere_are_masked_or_refused() {
+    let h = Harness::start().await;
+    let doc = json!({"patients": [{"id": 1, "ssn": PHI_SSN, "email": PHI_EMAIL,
+        "remark": "Zoë Ünal 日本 😀"}]});
+    let text = doc.to_string();
+    for n in [1, 2, 3, 5, 64, text.len()] {
+        h.upstream.script(chunked(
+            Script::body("application/json", Bytes::new()),
+            text.as_bytes(),
+            n,
+        ));
+        let r = h.get_as(Some(BOB), "/api/patients").await;
+        assert_eq!(r.status, 200, "frames of {n}");
+        let v = r.json();
+        assert_eq!(v["patients"][0]["ssn"], R, "frames of {n}");
+        assert_eq!(
+            v["patients"][0]["remark"], "Zoë Ünal 日本 😀",
+            "frames of {n}"
+        );
+        assert_absent(&r.body, &[PHI_SSN, PHI_EMAIL], "non-ASCII body");
+    }
+    // A broken sequence in a later frame, after ASCII ones.
+    let mut broken = text.clone().into_bytes();
+    let at = text.find("日").expect("the CJK text");
+    broken[at + 1] = b'x';
+    for n in [1, 7, 64] {
+        h.upstream.script(chunked(
+            Script::body("application/json", Bytes::new()),
+            &broken,
+            n,
+        ));
+        let r = h.get_as(Some(BOB), "/api/patients").await;
+        assert_refused(&r, &[PHI_SSN, PHI_EMAIL], "broken UTF-8 in a later frame");
+    }
+}
+
 #[tokio::test]
 async fn nesting_deeper_than_the_configured_limit_is_refused() {
     let h = Harness::start_with(Options {
