@@ -298,6 +298,85 @@ impl Action {
     }
 }
 
+/// `mask` as the streaming masker writes it for a plain string, fixed per rule at load: the
+/// checks `write_str_direct` makes of the action for every value (fill character, keep
+/// counts), made once.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct DirectMask {
+    keep_first: usize,
+    keep_last: usize,
+    fill: u8,
+}
+
+impl DirectMask {
+    /// For `mask` actions whose output `write` can make: a fill character written as it is
+    /// in JSON, and kept ends of at most 8 bytes (always, with `MAX_MASK_KEEP`).
+    pub(crate) fn of(action: &Action) -> Option<DirectMask> {
+        match *action {
+            Action::Mask {
+                keep_first,
+                keep_last,
+                ch,
+            } if ch.is_ascii()
+                && !ch.is_ascii_control()
+                && ch != '"'
+                && ch != '\\'
+                && keep_first <= 8
+                && keep_last <= 8 =>
+            {
+                Some(DirectMask {
+                    keep_first,
+                    keep_last,
+                    fill: ch as u8,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// `write_str_direct` of the ASCII string `b[s0..s1]` (no escapes), byte for byte, with
+    /// fixed 8-byte moves instead of a copy call per part: most masked values are short.
+    /// `None` when a move would read past `b` (near its end): use `write_str_direct`.
+    #[inline(always)]
+    pub(crate) fn write(&self, b: &[u8], s0: usize, s1: usize, out: &mut Vec<u8>) -> Option<bool> {
+        let s = &b[s0..s1];
+        let n = s.len();
+        let (kf, kl, c) = (self.keep_first, self.keep_last, self.fill);
+        if s == REDACTED.as_bytes() {
+            return Some(false);
+        }
+        let is_fill = |part: &[u8]| part.iter().all(|&x| x == c);
+        // Already masked (or the bare fill): kept, as `write_str_direct`.
+        if (n == MASK_FILL && is_fill(s))
+            || (n == kf + MASK_FILL + kl && is_fill(&s[kf..kf + MASK_FILL]))
+        {
+            return Some(false);
+        }
+        let (kf, kl) = if n <= kf + kl { (0, 0) } else { (kf, kl) };
+        // The kept ends are read as 8 bytes from where they start.
+        if s0 + 8 > b.len() || s1 - kl + 8 > b.len() {
+            return None;
+        }
+        // The moves write up to 1 + 8 + 6 + 8 + 1 bytes.
+        out.reserve(24);
+        let len = out.len();
+        // SAFETY: `out` has 24 bytes of spare room at `len`, and every move stays within
+        // `d[..24]` (kf, kl <= 8); the reads are within `b` (checked above); the length set
+        // covers only bytes written, later moves overwriting the tails of earlier ones.
+        unsafe {
+            let d = out.as_mut_ptr().add(len);
+            *d = b'"';
+            std::ptr::copy_nonoverlapping(b.as_ptr().add(s0), d.add(1), 8);
+            std::ptr::copy_nonoverlapping([c; 8].as_ptr(), d.add(1 + kf), 8);
+            let at = 1 + kf + MASK_FILL;
+            std::ptr::copy_nonoverlapping(b.as_ptr().add(s1 - kl), d.add(at), 8);
+            *d.add(at + kl) = b'"';
+            out.set_len(len + at + kl + 1);
+        }
+        Some(true)
+    }
+}
+
 /// What an action makes of a string value.
 #[derive(Debug, PartialEq)]
 pub(crate) enum StrResult<'a> {

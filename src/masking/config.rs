@@ -453,20 +453,12 @@ fn compile_set(
             },
         };
         if let Some(action) = action {
-            fs.rules.push(RuleInfo {
-                display: format!("{selector_text} -> {}", action.describe()),
-                constant: action.constant_json(),
-                action,
-                position: pos as u32,
-            });
+            let display = format!("{selector_text} -> {}", action.describe());
+            fs.rules.push(RuleInfo::new(action, pos as u32, display));
         } else {
             // Keep indices aligned; the set is discarded because of the issue.
-            fs.rules.push(RuleInfo {
-                display: String::new(),
-                action: Action::Redact,
-                constant: None,
-                position: pos as u32,
-            });
+            fs.rules
+                .push(RuleInfo::new(Action::Redact, pos as u32, String::new()));
         }
     }
     let mut dets = Vec::new();

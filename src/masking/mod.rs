@@ -81,6 +81,14 @@ impl MaskReport {
             self.truncated = true;
         }
     }
+
+    /// `note` for a node past the cap (no path to render): a plain count, for callers that
+    /// test the cap themselves.
+    #[inline(always)]
+    pub(crate) fn note_past_cap(&mut self) {
+        self.count += 1;
+        self.truncated = true;
+    }
 }
 
 /// A list of paths in one buffer: noting a masked node allocates nothing (a 64 KB patient
@@ -194,9 +202,32 @@ pub(crate) struct RuleInfo {
     /// The JSON text every selected node becomes, when that does not depend on the node
     /// (`null`, `redact`, `replace`): the streaming masker writes it without a transform.
     pub constant: Option<Box<[u8]>>,
+    /// `constant` when it fits 16 bytes, padded with zeros: written as one 16-byte move.
+    pub constant16: Option<[u8; 16]>,
+    /// How the streaming masker writes a plain string when the action is a `mask`.
+    pub direct_mask: Option<actions::DirectMask>,
     /// Index in the set's `fields` list (file order).
     pub position: u32,
     pub display: String,
+}
+
+impl RuleInfo {
+    pub(crate) fn new(action: Action, position: u32, display: String) -> RuleInfo {
+        let constant = action.constant_json();
+        let constant16 = constant.as_deref().filter(|c| c.len() <= 16).map(|c| {
+            let mut pad = [0u8; 16];
+            pad[..c.len()].copy_from_slice(c);
+            pad
+        });
+        RuleInfo {
+            constant,
+            constant16,
+            direct_mask: actions::DirectMask::of(&action),
+            action,
+            position,
+            display,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -352,7 +383,7 @@ impl FieldSet {
             return Err(MaskError::Bom);
         }
         let text = utf8(body).ok_or(MaskError::InvalidUtf8)?;
-        self.mask_text(text, max_depth)
+        self.mask_text(text, false, max_depth)
     }
 
     /// `mask_document` of a gathered body, which skips the UTF-8 pass when the body was
@@ -363,15 +394,21 @@ impl FieldSet {
         max_depth: usize,
     ) -> Result<(Vec<u8>, MaskReport), MaskError> {
         match body.ascii_text() {
-            Some(text) => self.mask_text(text, max_depth),
+            Some(text) => self.mask_text(text, true, max_depth),
             None => self.mask_document(body.bytes(), max_depth),
         }
     }
 
-    fn mask_text(&self, text: &str, max_depth: usize) -> Result<(Vec<u8>, MaskReport), MaskError> {
+    /// `ascii`: `text` is known to be all ASCII.
+    fn mask_text(
+        &self,
+        text: &str,
+        ascii: bool,
+        max_depth: usize,
+    ) -> Result<(Vec<u8>, MaskReport), MaskError> {
         if stream::supported(self) {
             let mut report = MaskReport::default();
-            if let Some(out) = stream::mask(self, text, max_depth, &mut report) {
+            if let Some(out) = stream::mask(self, text, ascii, max_depth, &mut report) {
                 #[cfg(test)]
                 {
                     // Every unit test doubles as a check that both engines agree exactly.

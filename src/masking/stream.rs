@@ -213,16 +213,33 @@ struct Stream<'s, 'r, 'a> {
     /// Results of value transforms (reused: no allocation per masked field).
     buf: String,
     detect: bool,
+    /// The whole text is ASCII (checked as it arrived): no value needs its own check.
+    ascii: bool,
     max_depth: usize,
 }
 
 /// Probes of the key-rule memo before a lookup gives up on it.
 const MEMO_PROBES: usize = 8;
 
-/// Masks `text` (already checked to be UTF-8 without a BOM). `None`: use the tree walk.
+/// Appends the first `len` (at most 16) bytes of `pad` as one 16-byte move.
+#[inline(always)]
+fn put16(out: &mut Vec<u8>, pad: &[u8; 16], len: usize) {
+    debug_assert!(len <= 16);
+    out.reserve(16);
+    let at = out.len();
+    // SAFETY: 16 bytes of spare room at `at` (reserved), and `len` <= 16 of them written.
+    unsafe {
+        std::ptr::copy_nonoverlapping(pad.as_ptr(), out.as_mut_ptr().add(at), 16);
+        out.set_len(at + len.min(16));
+    }
+}
+
+/// Masks `text` (already checked to be UTF-8 without a BOM; `ascii`: known to be all
+/// ASCII). `None`: use the tree walk.
 pub(super) fn mask(
     set: &FieldSet,
     text: &str,
+    ascii: bool,
     max_depth: usize,
     report: &mut MaskReport,
 ) -> Option<Vec<u8>> {
@@ -255,6 +272,7 @@ pub(super) fn mask(
         },
         buf: String::new(),
         detect: !set.detectors.is_empty(),
+        ascii,
         max_depth: max_depth.min(MAX_STREAM_DEPTH),
     };
     s.ws();
@@ -503,7 +521,7 @@ impl<'a> Stream<'_, '_, 'a> {
     fn note_masked(&mut self) {
         if self.report.paths.len() >= MaskReport::MAX_PATHS {
             // Past the cap only the count (and `truncated`) change: no path to render.
-            self.report.note(|_| {});
+            self.report.note_past_cap();
             return;
         }
         self.render_note();
@@ -685,13 +703,25 @@ impl<'a> Stream<'_, '_, 'a> {
                 // owed from `start`.
                 self.flush_to(start);
                 if let Some(c) = info.constant.as_deref() {
-                    self.out.extend_from_slice(c);
+                    match &info.constant16 {
+                        Some(pad) => put16(&mut self.out, pad, c.len()),
+                        None => self.out.extend_from_slice(c),
+                    }
                     self.copied = self.i;
                     self.note_masked();
                     return Ok(false);
                 }
+                let direct = match info.direct_mask {
+                    // A body known to be ASCII needs no look at each value.
+                    Some(dm) if self.ascii || self.b[start + 1..end - 1].is_ascii() => {
+                        dm.write(self.b, start + 1, end - 1, &mut self.out)
+                    }
+                    _ => None,
+                };
                 let s = &self.text[start + 1..end - 1];
-                if let Some(written) = info.action.write_str_direct(s, &mut self.out) {
+                if let Some(written) =
+                    direct.or_else(|| info.action.write_str_direct(s, &mut self.out))
+                {
                     if written {
                         self.copied = self.i;
                     }
@@ -1448,7 +1478,7 @@ sets:
     fn streams_with(name: &str, doc: &str) -> bool {
         let s = set(name);
         let mut rep = MaskReport::default();
-        let streamed = super::mask(&s, doc, 128, &mut rep).is_some();
+        let streamed = super::mask(&s, doc, doc.is_ascii(), 128, &mut rep).is_some();
         // Compares with the tree walk (cfg(test)), or produces the tree walk's error.
         let _ = s.mask_document(doc.as_bytes(), 128);
         streamed

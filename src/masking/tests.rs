@@ -962,7 +962,7 @@ sets:
                 serde_json::to_string(&doc).unwrap()
             };
             let mut rep = MaskReport::default();
-            prop_assert!(super::super::stream::mask(set, &input, 64, &mut rep).is_some());
+            prop_assert!(super::super::stream::mask(set, &input, input.is_ascii(), 64, &mut rep).is_some());
             let (out, rep2) = set.mask_document(input.as_bytes(), 64).unwrap();
             prop_assert_eq!(&rep, &rep2);
             let compact = set.mask_document(serde_json::to_string(&doc).unwrap().as_bytes(), 64);
@@ -986,8 +986,9 @@ sets:
                 Just("03612".to_string()),
             ],
             which in 0..9usize,
+            tail in 0..12usize,
         ) {
-            use crate::masking::actions::StrResult;
+            use crate::masking::actions::{DirectMask, StrResult};
             let actions = [
                 Action::Mask { keep_first: 0, keep_last: 4, ch: '*' },
                 Action::Mask { keep_first: 1, keep_last: 0, ch: '*' },
@@ -1018,12 +1019,31 @@ sets:
                     };
                     let mut want = b"prefix".to_vec();
                     serde_json::to_writer(&mut want, t.as_ref()).unwrap();
-                    prop_assert_eq!(String::from_utf8(out).unwrap(), String::from_utf8(want).unwrap());
+                    prop_assert_eq!(String::from_utf8(out.clone()).unwrap(), String::from_utf8(want).unwrap());
                 }
             }
             // Where it can, the direct path is taken (ASCII fills, year, zip3).
             if which != 4 && which != 5 && which != 8 && s.is_ascii() {
                 prop_assert!(direct.is_some(), "{:?} not direct for {:?}", a, s);
+            }
+            // The streaming masker's `mask` writer, with the string followed by `tail` bytes of
+            // the document (its 8-byte reads must not leave the text), writes the same bytes.
+            let dm = DirectMask::of(a);
+            prop_assert_eq!(dm.is_some(), which < 4);
+            if let (Some(dm), true) = (dm, s.is_ascii()) {
+                let mut text = b"\"".to_vec();
+                text.extend_from_slice(s.as_bytes());
+                text.push(b'"');
+                text.extend(std::iter::repeat_n(b'x', tail));
+                let mut out2 = b"prefix".to_vec();
+                match dm.write(&text, 1, 1 + s.len(), &mut out2) {
+                    Some(w) => {
+                        prop_assert_eq!(Some(w), direct);
+                        prop_assert_eq!(String::from_utf8(out2).unwrap(), String::from_utf8(out.clone()).unwrap());
+                    }
+                    // Only when a read of 8 bytes would pass the end of the text.
+                    None => prop_assert!(tail < 7, "{:?} {}", s, tail),
+                }
             }
         }
 
