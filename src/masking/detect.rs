@@ -118,23 +118,13 @@ impl Detectors {
             }
             // Every built-in numeric match lies within one run of digits and the separators
             // they allow (` .-()+`): count digits per such run, not per string, so dates and
-            // timestamps (`2019-04-19T04:10:53Z`: runs of 8 and 6) skip the regexes too.
-            let (mut run, mut digits, mut plus, mut at) = (0usize, 0usize, false, false);
-            for &c in s.as_bytes() {
-                match c {
-                    b'0'..=b'9' => {
-                        run += 1;
-                        digits = digits.max(run);
-                    }
-                    b' ' | b'.' | b'-' | b'(' | b')' => {}
-                    b'+' => plus = true,
-                    b'@' => {
-                        at = true;
-                        run = 0;
-                    }
-                    _ => run = 0,
-                }
-            }
+            // timestamps (`2019-04-19T04:10:53Z`: runs of 8 and 6) skip the regexes too. Fewer
+            // than 8 digits in all (an email in prose): no run to measure.
+            let (digits, plus) = if total >= 8 && self.any_digit_based {
+                longest_digit_run(s.as_bytes())
+            } else {
+                (0, false)
+            };
             // Replacements only ever shorten runs, so the thresholds measured on `s` hold
             // for every detector in turn.
             let d = self.any_digit_based;
@@ -167,18 +157,63 @@ impl Detectors {
     }
 }
 
+/// The longest run of ASCII digits that the numeric detectors' separators (` .-()+`) may
+/// join (any other byte ends a run), and whether `b` holds a `+`. Prose between numbers
+/// (no run open, no digit in sight) goes 8 bytes a step.
+fn longest_digit_run(b: &[u8]) -> (usize, bool) {
+    let (mut run, mut longest, mut plus) = (0usize, 0usize, false);
+    let mut byte = |c: u8, run: &mut usize, plus: &mut bool| match c {
+        b'0'..=b'9' => {
+            *run += 1;
+            longest = longest.max(*run);
+        }
+        b' ' | b'.' | b'-' | b'(' | b')' => {}
+        b'+' => *plus = true,
+        _ => *run = 0,
+    };
+    let mut chunks = b.chunks_exact(8);
+    for c in &mut chunks {
+        if run == 0 {
+            let w = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+            if digit_lanes(w) == 0 {
+                // No run open and none starting: only a `+` matters here.
+                plus |= has_byte(w, b'+');
+                continue;
+            }
+        }
+        for &x in c {
+            byte(x, &mut run, &mut plus);
+        }
+    }
+    for &x in chunks.remainder() {
+        byte(x, &mut run, &mut plus);
+    }
+    (longest, plus)
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// 0x80 in exactly the lanes of `w` that hold an ASCII digit (no carries between lanes).
+fn digit_lanes(w: u64) -> u64 {
+    // Lanes below 0x80 only: v + 0x50 sets the high bit iff v >= '0', v + 0x46 iff v > '9'.
+    let x = w & !HIGH;
+    (x + ONES * 0x50) & !(x + ONES * 0x46) & !w & HIGH
+}
+
+/// Whether some lane of `w` is `v` (exact: a borrow only flags lanes above a true match).
+fn has_byte(w: u64, v: u8) -> bool {
+    let y = w ^ (ONES * u64::from(v));
+    y.wrapping_sub(ONES) & !y & HIGH != 0
+}
+
 /// ASCII digits in `b`, and whether it holds an '@': 8 bytes at a time.
 fn digits_and_at(b: &[u8]) -> (usize, bool) {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // The flagged lanes as 0/1 bytes, summed into the top byte by one multiply (at most 8:
+    // no carry out), cheaper than a bit count where the target has no `popcnt`.
     let lanes = |w: u64| {
-        // Lanes below 0x80 only (no carries between lanes): v + 0x50 sets the high bit iff
-        // v >= '0', v + 0x46 iff v > '9'.
-        let x = w & !HIGH;
-        let digit = (x + ONES * 0x50) & !(x + ONES * 0x46) & !w & HIGH;
-        let y = w ^ (ONES * u64::from(b'@'));
-        let at = y.wrapping_sub(ONES) & !y & HIGH;
-        (digit.count_ones() as usize, at != 0)
+        let ones = (digit_lanes(w) >> 7).wrapping_mul(ONES) >> 56;
+        (ones as usize, has_byte(w, b'@'))
     };
     let (mut digits, mut at) = (0usize, false);
     let mut chunks = b.chunks_exact(8);
@@ -308,6 +343,52 @@ mod tests {
                 assert_eq!(digits_and_at(b), naive, "{b:?}");
             }
         }
+    }
+
+    #[test]
+    fn digit_runs_are_measured_exactly_at_every_alignment() {
+        // Against the plain byte loop, on strings of digits, separators, `+`, `@`, letters
+        // and non-ASCII bytes, of every length up to 40 (runs across and along 8-byte steps).
+        let naive = |b: &[u8]| {
+            let (mut run, mut longest, mut plus) = (0usize, 0usize, false);
+            for &c in b {
+                match c {
+                    b'0'..=b'9' => {
+                        run += 1;
+                        longest = longest.max(run);
+                    }
+                    b' ' | b'.' | b'-' | b'(' | b')' => {}
+                    b'+' => plus = true,
+                    _ => run = 0,
+                }
+            }
+            (longest, plus)
+        };
+        let alphabet = b"0123456789 .-()+@aZ\xff\x80";
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut longest_seen = 0;
+        for case in 0..20_000 {
+            let len = case % 41;
+            let mut b = Vec::with_capacity(len);
+            for _ in 0..len {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                // Digits half the time, so long runs occur.
+                let i = (seed % 2 == 0)
+                    .then(|| (seed >> 8) % 10)
+                    .unwrap_or((seed >> 8) % 21);
+                b.push(alphabet[i as usize]);
+            }
+            let want = naive(&b);
+            longest_seen = longest_seen.max(want.0);
+            assert_eq!(longest_digit_run(&b), want, "{b:?}");
+        }
+        assert!(longest_seen >= 16, "{longest_seen}");
+        // A run that an 8-byte step of separators only continues, and one a letter ends.
+        assert_eq!(longest_digit_run(b"1234  ..  --  ()  5678").0, 8);
+        assert_eq!(longest_digit_run(b"1234  ..  --  x)  5678").0, 4);
+        assert_eq!(longest_digit_run(b"prose prose prose +1"), (1, true));
     }
 
     #[test]
