@@ -375,9 +375,11 @@ mod tests {
                 seed ^= seed >> 7;
                 seed ^= seed << 17;
                 // Digits half the time, so long runs occur.
-                let i = (seed % 2 == 0)
-                    .then(|| (seed >> 8) % 10)
-                    .unwrap_or((seed >> 8) % 21);
+                let i = if seed % 2 == 0 {
+                    (seed >> 8) % 10
+                } else {
+                    (seed >> 8) % 21
+                };
                 b.push(alphabet[i as usize]);
             }
             let want = naive(&b);
