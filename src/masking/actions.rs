@@ -239,44 +239,20 @@ impl Action {
     /// `apply_str`; `Some(false)`: `s` stays as it is; `Some(true)`: written.
     #[inline]
     pub(crate) fn write_str_direct(&self, s: &str, out: &mut Vec<u8>) -> Option<bool> {
-        #[inline(always)]
-        fn quoted(out: &mut Vec<u8>, parts: &[&[u8]]) -> Option<bool> {
-            out.reserve(parts.iter().map(|p| p.len()).sum::<usize>() + 2);
-            out.push(b'"');
-            for p in parts {
-                out.extend_from_slice(p);
-            }
-            out.push(b'"');
+        let quoted = |out: &mut Vec<u8>, parts: &[&[u8]]| {
+            push_quoted(out, parts);
             Some(true)
-        }
+        };
         if s == REDACTED {
             // As `apply_str`: an earlier fail-closed result is left alone.
             return matches!(self, Action::Mask { .. } | Action::Year | Action::Zip3)
                 .then_some(false);
         }
         match *self {
-            Action::Mask {
-                keep_first,
-                keep_last,
-                ch,
-            } if ch.is_ascii() && !ch.is_ascii_control() && ch != '"' && ch != '\\' => {
-                if !s.is_ascii() {
-                    return None;
-                }
-                let (b, c, n) = (s.as_bytes(), ch as u8, s.len());
-                let fill = [c; MASK_FILL];
-                let is_fill = |part: &[u8]| part.iter().all(|&x| x == c);
-                let fill_only = n == MASK_FILL && is_fill(b);
-                let already = n == keep_first + MASK_FILL + keep_last
-                    && is_fill(&b[keep_first..keep_first + MASK_FILL]);
-                if fill_only || already {
-                    return Some(false);
-                }
-                if n <= keep_first + keep_last {
-                    return quoted(out, &[&fill]);
-                }
-                quoted(out, &[&b[..keep_first], &fill, &b[n - keep_last..]])
-            }
+            Action::Mask { .. } => match DirectMask::of(self) {
+                Some(dm) if s.is_ascii() => Some(dm.write(s.as_bytes(), 0, s.len(), out)),
+                _ => None,
+            },
             // The year is a slice of `s`.
             Action::Year => match year_of(s) {
                 Some(y) if y == s => Some(false),
@@ -298,9 +274,20 @@ impl Action {
     }
 }
 
-/// `mask` as the streaming masker writes it for a plain string, fixed per rule at load: the
-/// checks `write_str_direct` makes of the action for every value (fill character, keep
-/// counts), made once.
+/// Appends `parts` joined, between quotes (parts that need no JSON escaping).
+#[inline(always)]
+fn push_quoted(out: &mut Vec<u8>, parts: &[&[u8]]) {
+    out.reserve(parts.iter().map(|p| p.len()).sum::<usize>() + 2);
+    out.push(b'"');
+    for p in parts {
+        out.extend_from_slice(p);
+    }
+    out.push(b'"');
+}
+
+/// `mask` of a plain ASCII string (no escapes), as `write_str_direct` and the streaming
+/// masker write it: the checks of the action itself (a fill character written as it is in
+/// JSON) made once, when the rule loads.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct DirectMask {
     keep_first: usize,
@@ -309,21 +296,13 @@ pub(crate) struct DirectMask {
 }
 
 impl DirectMask {
-    /// For `mask` actions whose output `write` can make: a fill character written as it is
-    /// in JSON, and kept ends of at most 8 bytes (always, with `MAX_MASK_KEEP`).
     pub(crate) fn of(action: &Action) -> Option<DirectMask> {
         match *action {
             Action::Mask {
                 keep_first,
                 keep_last,
                 ch,
-            } if ch.is_ascii()
-                && !ch.is_ascii_control()
-                && ch != '"'
-                && ch != '\\'
-                && keep_first <= 8
-                && keep_last <= 8 =>
-            {
+            } if ch.is_ascii() && !ch.is_ascii_control() && ch != '"' && ch != '\\' => {
                 Some(DirectMask {
                     keep_first,
                     keep_last,
@@ -334,28 +313,27 @@ impl DirectMask {
         }
     }
 
-    /// `write_str_direct` of the ASCII string `b[s0..s1]` (no escapes), byte for byte, with
-    /// fixed 8-byte moves instead of a copy call per part: most masked values are short.
-    /// `None` when a move would read past `b` (near its end): use `write_str_direct`.
+    /// Writes the masked form of the ASCII string `b[s0..s1]`, quoted; false (nothing
+    /// written) when it is masked already (or the fail-closed `[REDACTED]`), which `mask`
+    /// leaves as it is. Kept ends of up to 8 bytes with text enough after them (the usual
+    /// case: `b` is the whole document) go as fixed 8-byte moves, not a copy call per part.
     #[inline(always)]
-    pub(crate) fn write(&self, b: &[u8], s0: usize, s1: usize, out: &mut Vec<u8>) -> Option<bool> {
+    pub(crate) fn write(&self, b: &[u8], s0: usize, s1: usize, out: &mut Vec<u8>) -> bool {
         let s = &b[s0..s1];
         let n = s.len();
         let (kf, kl, c) = (self.keep_first, self.keep_last, self.fill);
-        if s == REDACTED.as_bytes() {
-            return Some(false);
-        }
         let is_fill = |part: &[u8]| part.iter().all(|&x| x == c);
-        // Already masked (or the bare fill): kept, as `write_str_direct`.
-        if (n == MASK_FILL && is_fill(s))
+        if s == REDACTED.as_bytes()
+            || (n == MASK_FILL && is_fill(s))
             || (n == kf + MASK_FILL + kl && is_fill(&s[kf..kf + MASK_FILL]))
         {
-            return Some(false);
+            return false;
         }
+        // Too short to hide anything: the fill alone.
         let (kf, kl) = if n <= kf + kl { (0, 0) } else { (kf, kl) };
-        // The kept ends are read as 8 bytes from where they start.
-        if s0 + 8 > b.len() || s1 - kl + 8 > b.len() {
-            return None;
+        if kf > 8 || kl > 8 || s0 + 8 > b.len() || s1 - kl + 8 > b.len() {
+            push_quoted(out, &[&s[..kf], &[c; MASK_FILL], &s[n - kl..]]);
+            return true;
         }
         // The moves write up to 1 + 8 + 6 + 8 + 1 bytes.
         out.reserve(24);
@@ -373,7 +351,7 @@ impl DirectMask {
             *d.add(at + kl) = b'"';
             out.set_len(len + at + kl + 1);
         }
-        Some(true)
+        true
     }
 }
 

@@ -714,7 +714,7 @@ impl<'a> Stream<'_, '_, 'a> {
                 let direct = match info.direct_mask {
                     // A body known to be ASCII needs no look at each value.
                     Some(dm) if self.ascii || self.b[start + 1..end - 1].is_ascii() => {
-                        dm.write(self.b, start + 1, end - 1, &mut self.out)
+                        Some(dm.write(self.b, start + 1, end - 1, &mut self.out))
                     }
                     _ => None,
                 };
