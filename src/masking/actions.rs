@@ -1,10 +1,11 @@
 //! Masking actions. Every output is a fixed point of its action so masking is
 //! idempotent; values an action cannot transform fail closed to `[REDACTED]`.
 
-use aws_lc_rs::{digest, hmac};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
+use hmac::{KeyInit as _, Mac as _};
 use serde_json::Value;
+use sha2::{Digest as _, Sha256};
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
@@ -374,7 +375,11 @@ fn redacted() -> Value {
 
 /// Keyed pseudonyms: `pse:<keyid>:<base64url(HMAC-SHA256(key, value)[..16])>`.
 pub struct Pseudonymizer {
-    key: hmac::Key,
+    /// The key's inner and outer SHA-256 states, absorbed once at load: each token clones
+    /// them (a few hundred bytes copied) and runs the two compressions HMAC needs for a
+    /// short value. aws-lc-rs's HMAC copies, initialises and wipes a whole `HMAC_CTX` per
+    /// call, which cost as much again as the hashing (benches/RESULTS.md).
+    mac: hmac::Hmac<Sha256>,
     keyid: String,
 }
 
@@ -389,13 +394,14 @@ pub const TOKEN_B64_LEN: usize = 22;
 
 impl Pseudonymizer {
     pub fn new(key: &[u8]) -> Self {
-        let d = digest::digest(&digest::SHA256, key);
+        let d = Sha256::digest(key);
         let mut keyid = String::with_capacity(8);
-        for b in &d.as_ref()[..4] {
+        for b in &d[..4] {
             let _ = write!(keyid, "{b:02x}");
         }
         Pseudonymizer {
-            key: hmac::Key::new(hmac::HMAC_SHA256, key),
+            // HMAC takes keys of any length (longer ones are hashed first): this cannot fail.
+            mac: hmac::Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts any key length"),
             keyid,
         }
     }
@@ -412,11 +418,13 @@ impl Pseudonymizer {
 
     /// Appends the token of `value` to `out`.
     pub fn token_into(&self, value: &str, out: &mut String) {
-        let tag = hmac::sign(&self.key, value.as_bytes());
+        let mut mac = self.mac.clone();
+        mac.update(value.as_bytes());
+        let tag = mac.finalize().into_bytes();
         out.push_str("pse:");
         out.push_str(&self.keyid);
         out.push(':');
-        URL_SAFE_NO_PAD.encode_string(&tag.as_ref()[..16], out);
+        URL_SAFE_NO_PAD.encode_string(&tag[..16], out);
     }
 
     /// True if `s` is exactly a token under this key id (left as is, which
