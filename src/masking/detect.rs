@@ -334,13 +334,17 @@ mod tests {
             "é1ü2名3@🙂4".as_bytes(),
             b"////::::0000@@@@9999",
         ] {
+            // Every start within a word and every end: each tail length (0-7) over each
+            // kind of byte.
             for start in 0..s.len().min(9) {
-                let b = &s[start..];
-                let naive = (
-                    b.iter().filter(|c| c.is_ascii_digit()).count(),
-                    b.contains(&b'@'),
-                );
-                assert_eq!(digits_and_at(b), naive, "{b:?}");
+                for end in start..=s.len() {
+                    let b = &s[start..end];
+                    let naive = (
+                        b.iter().filter(|c| c.is_ascii_digit()).count(),
+                        b.contains(&b'@'),
+                    );
+                    assert_eq!(digits_and_at(b), naive, "{b:?}");
+                }
             }
         }
     }
