@@ -7,6 +7,9 @@ Targets (all on loopback; every HTTPS target is TLS with a P-256 certificate, HT
   nginx_lua_mask  peer D2 https://127.0.0.1:18443/masked/patients/... + bearer check + Lua/cjson masking
   phigate_pass    phigate, full-access caller (JWT verified, route permission, no masking)
   phigate_masked  phigate, anonymized caller (masked with the `bench` set: the peers' masking)
+  phigate_example phigate, anonymized caller, masked with the example `patient` set of rules/fields.yaml
+                  (pseudonyms, a removal, the detector backstop on every other string: more work than
+                  the peers do), served by a second gateway process of the same binary
 for 1 KB / 64 KB / 1 MB bodies at two concurrencies, several repetitions; medians are reported.
 CPU us/request is the utime+stime of the proxy's own processes (nginx master+workers of the peer;
 the phigate process) over the run divided by the requests wrk completed: contention distorts it least.
@@ -29,7 +32,7 @@ REPO = os.path.dirname(HERE)
 TOKEN_PEER = "bench-token-0123456789abcdef"
 HZ = os.sysconf("SC_CLK_TCK")
 SIZES = {"small": "1KB", "medium": "64KB", "large": "1MB"}
-TARGETS = ["upstream", "nginx_proxy", "nginx_lua_mask", "phigate_pass", "phigate_masked"]
+TARGETS = ["upstream", "nginx_proxy", "nginx_lua_mask", "phigate_pass", "phigate_masked", "phigate_example"]
 
 
 def log(*a):
@@ -154,11 +157,16 @@ def main():
     ap.add_argument("--peers", default=os.environ.get("BENCH_PEERS", os.path.join(REPO, "..", "shared", "bench-peers")))
     ap.add_argument("--out", default="/tmp/phigate-load")
     ap.add_argument("--audit", default="file", choices=["file", "discard"])
-    ap.add_argument("--fields", default="bench", choices=["bench", "patient"])
+    ap.add_argument("--fields", default="bench", choices=["bench", "patient"],
+                    help="the set phigate_masked masks with (phigate_example always masks with `patient`; "
+                         "it is left out when this is `patient` too)")
     ap.add_argument("--no-extras", action="store_true", help="skip the half-peak latency and idle-connection runs")
     ap.add_argument("--placement", default="spread", choices=["spread", "pack"],
                     help="phigate's limits.worker_placement (how connections go to its workers)")
     a = ap.parse_args()
+    global TARGETS
+    if a.fields == "patient":
+        TARGETS = [t for t in TARGETS if t != "phigate_example"]
     if a.smoke:
         a.reps, a.duration, a.conns, a.sizes, a.no_extras = 1, 1, "8", "small", True
     conns = [int(c) for c in a.conns.split(",")]
@@ -180,6 +188,14 @@ def main():
     info = json.loads(gw.stdout.readline())
     gpid, gaddr = info["pid"], info["addr"]
     log(f"phigate pid {gpid} on {gaddr} (fields: {a.fields}, audit: {a.audit}, placement: {a.placement})")
+    ex, einfo = None, None
+    if "phigate_example" in TARGETS:
+        ex = subprocess.Popen([a.gateway_bin, "serve", "--dir", gw_dir + "-example", "--audit", a.audit,
+                               "--fields", "patient", "--placement", a.placement],
+                              stdout=subprocess.PIPE, stderr=open(os.path.join(a.out, "gateway-example.stderr"), "w"),
+                              text=True)
+        einfo = json.loads(ex.stdout.readline())
+        log(f"phigate (example patient set) pid {einfo['pid']} on {einfo['addr']}")
     bearer = lambda t: f"Authorization: Bearer {t}"
     spec = {
         "upstream": ("http://127.0.0.1:18080/patients/{f}.json", None, nginx_up),
@@ -188,6 +204,9 @@ def main():
         "phigate_pass": ("https://" + gaddr + "/patients/{f}.json", bearer(info["token_full"]), [gpid]),
         "phigate_masked": ("https://" + gaddr + "/patients/{f}.json", bearer(info["token_anon"]), [gpid]),
     }
+    if einfo:
+        spec["phigate_example"] = ("https://" + einfo["addr"] + "/patients/{f}.json", bearer(einfo["token_anon"]),
+                                   [einfo["pid"]])
     results = {}  # (target, size, conns) -> list of runs
     try:
         load1 = os.getloadavg()[0]
@@ -212,7 +231,7 @@ def main():
                         log(f"rep {rep + 1} {SIZES[s]:>4} c={c:<3} {t:<15} {r['rps']:9.0f} req/s  p50 {fmt_us(r['p50']):>9}"
                             f"  p99 {fmt_us(r['p99']):>9}  p99.9 {fmt_us(r['p999']):>9}  cpu {r['cpu_us']:7.0f} us/req"
                             f"  err {r['errors']} non2xx {r['non2xx']}")
-                hwm[s] = status_kb(gpid, "VmHWM")
+                hwm[s] = max(status_kb(gpid, "VmHWM"), status_kb(einfo["pid"], "VmHWM") if einfo else 0)
         extras = {}
         if not a.no_extras and "small" in sizes:
             # Added p99 at half of peak load (1 KB): the same fixed request rate to the upstream alone
@@ -251,16 +270,17 @@ def main():
                 extras["idle"] = json.loads(out.strip().splitlines()[-1])
             finally:
                 idle_gw.kill()
-        extras["gateway_vmhwm_kb"] = status_kb(gpid, "VmHWM")
+        extras["gateway_vmhwm_kb"] = max(status_kb(gpid, "VmHWM"), status_kb(einfo["pid"], "VmHWM") if einfo else 0)
         extras["gateway_vmhwm_kb_after_size"] = hwm
         extras["loadavg_start"] = load1
         extras["loadavg_end"] = os.getloadavg()[0]
     finally:
-        gw.send_signal(signal.SIGTERM)
-        try:
-            gw.wait(10)
-        except subprocess.TimeoutExpired:
-            gw.kill()
+        for g in [gw] + ([ex] if ex else []):
+            g.send_signal(signal.SIGTERM)
+            try:
+                g.wait(10)
+            except subprocess.TimeoutExpired:
+                g.kill()
     report(results, extras, sizes, conns, a)
 
 
@@ -280,8 +300,9 @@ def report(results, extras, sizes, conns, a):
                 lines.append(f"| {SIZES[s]} | {c} | {t} | {x['rps']:.0f} | {fmt_us(x['p50'])} | {fmt_us(x['p99'])} | "
                              f"{fmt_us(x['p999'])} | {cpu} | {x['upstream_cpu_us']:.0f} | {x['errors']:.0f}/{x['non2xx']:.0f} |")
     lines += ["", "## Ratios (same run)", "",
-              "| body | conns | pass/nginx_proxy req/s | pass/nginx_proxy p99 | pass/nginx_proxy CPU | masked/nginx_lua req/s | masked/pass CPU |",
-              "|---|---|---|---|---|---|---|"]
+              "| body | conns | pass/nginx_proxy req/s | pass/nginx_proxy p99 | pass/nginx_proxy CPU | masked/nginx_lua req/s | masked/pass CPU "
+              "| example/nginx_lua req/s | example/pass CPU |",
+              "|---|---|---|---|---|---|---|---|---|"]
     ratios = {}
     for s in sizes:
         for c in conns:
@@ -291,9 +312,14 @@ def report(results, extras, sizes, conns, a):
             r = {"pass_rps": p["rps"] / d["rps"], "pass_p99": p["p99"] / max(1, d["p99"]),
                  "pass_cpu": p["cpu_us"] / max(1e-9, d["cpu_us"]), "masked_rps": mk["rps"] / d2["rps"],
                  "masked_over_pass_cpu": mk["cpu_us"] / max(1e-9, p["cpu_us"])}
+            ex = m.get(("phigate_example", s, c))
+            if ex:
+                r["example_rps"] = ex["rps"] / d2["rps"]
+                r["example_over_pass_cpu"] = ex["cpu_us"] / max(1e-9, p["cpu_us"])
             ratios[f"{s}/{c}"] = r
+            exs = f"{r['example_rps']:.1f}x | {r['example_over_pass_cpu']:.2f}x" if ex else "- | -"
             lines.append(f"| {SIZES[s]} | {c} | {r['pass_rps']:.2f}x | {r['pass_p99']:.2f}x | {r['pass_cpu']:.2f}x | "
-                         f"{r['masked_rps']:.1f}x | {r['masked_over_pass_cpu']:.2f}x |")
+                         f"{r['masked_rps']:.1f}x | {r['masked_over_pass_cpu']:.2f}x | {exs} |")
     hp = extras.get("half_peak")
     if hp:
         lines += ["", f"## Half of peak load, 1 KB (peak phigate passthrough {hp['peak_rps']:.0f} req/s; fixed rate "
