@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end load bench: phigate beside nginx (plain proxy and Lua masking) over TLS, HTTP/1.1
 # keep-alive, with wrk (and h2load for the fixed-rate latency run). Not part of the test suite.
-#   bash benches/load.sh            # full run (~17 minutes): 3 reps x 6 targets x 3 sizes x 2 concurrencies
+#   bash benches/load.sh            # full run (~13 minutes): 3 reps x 6 targets x 3 sizes x 2 concurrencies
 #   bash benches/load.sh --smoke    # ~5 s of load, for CI
 #   bash benches/load.sh --help     # all options (reps, duration, conns, sizes, audit sink, field set)
 # Needs the peers of ../shared/bench-peers (started here if not running; that installs nginx,
