@@ -284,6 +284,45 @@ def main():
     report(results, extras, sizes, conns, a)
 
 
+def targets(ratios, extras, sizes):
+    """The issue's targets, each checked against this run's ratios: met or missed, with the figures."""
+    rows = []
+
+    def check(name, values, ok):
+        if values:
+            figs = ", ".join(f"{k} {v:.2f}x" for k, v in values)
+            rows.append(f"| {name} | {figs} | {'met' if all(ok(v) for _, v in values) else '**missed**'} |")
+
+    def pick(size_keys, field):
+        return [(k.replace("small", "1KB").replace("medium", "64KB").replace("large", "1MB").replace("/", " c="),
+                 r[field]) for k, r in ratios.items() if k.split("/")[0] in size_keys and field in r]
+
+    check("passthrough req/s >= peer D (1 KB, 64 KB)", pick(("small", "medium"), "pass_rps"), lambda v: v >= 1.0)
+    check("passthrough p99 <= peer D (1 KB, 64 KB)", pick(("small", "medium"), "pass_p99"), lambda v: v <= 1.0)
+    check("passthrough CPU/req <= peer D (1 KB, 64 KB)", pick(("small", "medium"), "pass_cpu"), lambda v: v <= 1.0)
+    check("masked (`bench` set) req/s >= 4x peer D2 (64 KB, 1 MB)", pick(("medium", "large"), "masked_rps"),
+          lambda v: v >= 4.0)
+    check("masked (`bench` set) CPU/req <= 2.5x own passthrough (64 KB, 1 MB)",
+          pick(("medium", "large"), "masked_over_pass_cpu"), lambda v: v <= 2.5)
+    check("masked (example set) req/s >= 4x peer D2 (64 KB, 1 MB)", pick(("medium", "large"), "example_rps"),
+          lambda v: v >= 4.0)
+    check("masked (example set) CPU/req <= 2.5x own passthrough (64 KB, 1 MB)",
+          pick(("medium", "large"), "example_over_pass_cpu"), lambda v: v <= 2.5)
+    hp = extras.get("half_peak")
+    if hp:
+        added = hp["phigate_pass"]["p99"] - hp["upstream"]["p99"]
+        rows.append(f"| added p99 over the upstream at half of peak < 1 ms (1 KB) | {fmt_us(added)} | "
+                    f"{'met' if added < 1000 else '**missed**'} |")
+    idle = extras.get("idle")
+    if idle:
+        mb = idle["gateway_rss_kb_held"] / 1024
+        rows.append(f"| 1,000 idle keep-alive TLS connections < 64 MB RSS | {mb:.1f} MB | {'met' if mb < 64 else '**missed**'} |")
+    if not rows:
+        return []
+    return ["", "## Against the targets (this run; ratios are phigate over the peer, or masked over passthrough)", "",
+            "| target | figures | status |", "|---|---|---|"] + rows
+
+
 def report(results, extras, sizes, conns, a):
     keys = ["rps", "p50", "p99", "p999", "cpu_us", "upstream_cpu_us", "errors", "non2xx"]
     m = {k: {f: med([r[f] for r in v]) for f in keys} for k, v in results.items()}
@@ -343,6 +382,7 @@ def report(results, extras, sizes, conns, a):
         lines.append(f"\n1,000 idle keep-alive TLS connections (fresh gateway process): {idle['conns_open']} open ({idle['failed']} failed); "
                      f"gateway RSS {idle['gateway_rss_kb_before'] / 1024:.1f} MB before, "
                      f"{idle['gateway_rss_kb_held'] / 1024:.1f} MB while held")
+    lines += targets(ratios, extras, sizes)
     lines.append(f"\nGateway peak RSS (VmHWM): {extras['gateway_vmhwm_kb'] / 1024:.1f} MB "
                  f"(after each body size: {', '.join(f'{SIZES[k]} {v / 1024:.1f} MB' for k, v in extras['gateway_vmhwm_kb_after_size'].items())}); "
                  f"load average {extras['loadavg_start']:.2f} at start, {extras['loadavg_end']:.2f} at end")
