@@ -120,18 +120,21 @@ impl Detectors {
             // they allow (` .-()+`): count digits per such run, not per string, so dates and
             // timestamps (`2019-04-19T04:10:53Z`: runs of 8 and 6) skip the regexes too. Fewer
             // than 8 digits in all (an email in prose): no run to measure.
-            let (digits, plus) = if total >= 8 && self.any_digit_based {
-                longest_digit_run(s.as_bytes())
+            let runs = if total >= 8 && self.any_digit_based {
+                digit_runs(s.as_bytes())
             } else {
-                (0, false)
+                Runs::default()
             };
-            // Replacements only ever shorten runs, so the thresholds measured on `s` hold
-            // for every detector in turn.
-            let d = self.any_digit_based;
+            // Replacements only ever shorten runs, and `[REDACTED]` holds neither a digit nor
+            // a `-`, so the thresholds measured on `s` hold for every detector in turn.
+            let (d, digits) = (self.any_digit_based, runs.longest);
             (
                 d && digits >= 13,
-                d && digits >= 9,
-                d && (digits >= 10 || (digits >= 8 && plus)),
+                // Both SSN forms need more than 9 digits in a run: nine in a row, or
+                // `ddd-dd-dddd`, which holds `-dd-`. A phone number has neither, so the SSN
+                // regex is not run on it.
+                d && digits >= 9 && runs.ssn_shape,
+                d && (digits >= 10 || (digits >= 8 && runs.plus)),
                 self.email && at,
             )
         };
@@ -157,38 +160,69 @@ impl Detectors {
     }
 }
 
-/// The longest run of ASCII digits that the numeric detectors' separators (` .-()+`) may
-/// join (any other byte ends a run), and whether `b` holds a `+`. Prose between numbers
-/// (no run open, no digit in sight) goes 8 bytes a step.
-fn longest_digit_run(b: &[u8]) -> (usize, bool) {
-    let (mut run, mut longest, mut plus) = (0usize, 0usize, false);
-    let mut byte = |c: u8, run: &mut usize, plus: &mut bool| match c {
+/// What the numeric detectors' prefilter measures of a string.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Runs {
+    /// The longest run of ASCII digits that the numeric detectors' separators (` .-()+`)
+    /// may join (any other byte ends a run).
+    longest: usize,
+    /// `b` holds a `+`.
+    plus: bool,
+    /// `b` holds nine digits in a row, or `-dd-` (a dash, two digits, a dash): one of the two
+    /// is in every SSN match.
+    ssn_shape: bool,
+}
+
+/// Measures `b` for the prefilter. Prose between numbers (no run open, no digit in sight)
+/// goes 8 bytes a step.
+fn digit_runs(b: &[u8]) -> Runs {
+    let mut r = Runs::default();
+    let mut run = 0usize;
+    // Digits in a row; digits since a `-` (None when something else came since).
+    let (mut row, mut after_dash) = (0usize, None::<usize>);
+    let mut byte = |c: u8, run: &mut usize, r: &mut Runs| match c {
         b'0'..=b'9' => {
             *run += 1;
-            longest = longest.max(*run);
+            r.longest = r.longest.max(*run);
+            row += 1;
+            r.ssn_shape |= row >= 9;
+            after_dash = after_dash.map(|n| n + 1);
         }
-        b' ' | b'.' | b'-' | b'(' | b')' => {}
-        b'+' => *plus = true,
-        _ => *run = 0,
+        b'-' => {
+            r.ssn_shape |= after_dash == Some(2);
+            (row, after_dash) = (0, Some(0));
+        }
+        b' ' | b'.' | b'(' | b')' => (row, after_dash) = (0, None),
+        b'+' => {
+            r.plus = true;
+            (row, after_dash) = (0, None);
+        }
+        _ => {
+            *run = 0;
+            (row, after_dash) = (0, None);
+        }
     };
     let mut chunks = b.chunks_exact(8);
     for c in &mut chunks {
         if run == 0 {
             let w = u64::from_le_bytes(c.try_into().expect("8 bytes"));
             if digit_lanes(w) == 0 {
-                // No run open and none starting: only a `+` matters here.
-                plus |= has_byte(w, b'+');
+                // No run open and none starting: only a `+` matters here, and whether the
+                // word ends in the `-` an SSN's `-dd-` could start with (no run open means no
+                // digit since the last other byte: no `-d` or `-dd` pending before it).
+                r.plus |= has_byte(w, b'+');
+                byte(c[7], &mut run, &mut r);
                 continue;
             }
         }
         for &x in c {
-            byte(x, &mut run, &mut plus);
+            byte(x, &mut run, &mut r);
         }
     }
     for &x in chunks.remainder() {
-        byte(x, &mut run, &mut plus);
+        byte(x, &mut run, &mut r);
     }
-    (longest, plus)
+    r
 }
 
 const ONES: u64 = 0x0101_0101_0101_0101;
@@ -366,11 +400,19 @@ mod tests {
                     _ => run = 0,
                 }
             }
-            (longest, plus)
+            let digit = |c: &u8| c.is_ascii_digit();
+            let ssn_shape = b.windows(9).any(|w| w.iter().all(digit))
+                || b.windows(4)
+                    .any(|w| w[0] == b'-' && digit(&w[1]) && digit(&w[2]) && w[3] == b'-');
+            Runs {
+                longest,
+                plus,
+                ssn_shape,
+            }
         };
         let alphabet = b"0123456789 .-()+@aZ\xff\x80";
         let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut longest_seen = 0;
+        let (mut longest_seen, mut shapes, mut ssn_matches) = (0, 0, 0);
         for case in 0..20_000 {
             let len = case % 41;
             let mut b = Vec::with_capacity(len);
@@ -387,14 +429,52 @@ mod tests {
                 b.push(alphabet[i as usize]);
             }
             let want = naive(&b);
-            longest_seen = longest_seen.max(want.0);
-            assert_eq!(longest_digit_run(&b), want, "{b:?}");
+            longest_seen = longest_seen.max(want.longest);
+            shapes += usize::from(want.ssn_shape);
+            assert_eq!(digit_runs(&b), want, "{b:?}");
+            // The SSN shape is necessary for an SSN match: skipping the regex without it
+            // loses none.
+            if let Ok(text) = std::str::from_utf8(&b) {
+                if SSN.is_match(text) {
+                    assert!(want.ssn_shape, "{text:?}");
+                    ssn_matches += 1;
+                }
+            }
         }
         assert!(longest_seen >= 16, "{longest_seen}");
+        assert!(shapes > 1000 && ssn_matches > 50, "{shapes} {ssn_matches}");
         // A run that an 8-byte step of separators only continues, and one a letter ends.
-        assert_eq!(longest_digit_run(b"1234  ..  --  ()  5678").0, 8);
-        assert_eq!(longest_digit_run(b"1234  ..  --  x)  5678").0, 4);
-        assert_eq!(longest_digit_run(b"prose prose prose +1"), (1, true));
+        assert_eq!(digit_runs(b"1234  ..  --  ()  5678").longest, 8);
+        assert_eq!(digit_runs(b"1234  ..  --  x)  5678").longest, 4);
+        let r = digit_runs(b"prose prose prose +1");
+        assert_eq!((r.longest, r.plus), (1, true));
+        // `-dd-` across an 8-byte step skipped for holding no digit.
+        assert!(digit_runs(b"abcdefg-12-").ssn_shape);
+        assert!(digit_runs(b"prose, prose, pro-12-3456").ssn_shape);
+        assert!(!digit_runs(b"call 915-693-8231 after 5pm").ssn_shape);
+    }
+
+    #[test]
+    fn phone_numbers_skip_the_ssn_regex_and_are_still_caught() {
+        let all = Detectors::new(vec![Detector::Ssn, Detector::Phone]);
+        assert_eq!(
+            all.scrub("Call back at 915-693-8231 after 5pm.").as_deref(),
+            Some("Call back at [REDACTED] after 5pm.")
+        );
+        let ssn = Detectors::new(vec![Detector::Ssn]);
+        assert_eq!(ssn.scrub("Call back at 915-693-8231 after 5pm."), None);
+        assert_eq!(
+            ssn.scrub("ssn 123-45-6789").as_deref(),
+            Some("ssn [REDACTED]")
+        );
+        assert_eq!(
+            ssn.scrub("ssn 123456789").as_deref(),
+            Some("ssn [REDACTED]")
+        );
+        assert_eq!(
+            ssn.scrub("phone 915-693-8231, ssn 123-45-6789").as_deref(),
+            Some("phone 915-693-8231, ssn [REDACTED]")
+        );
     }
 
     #[test]
