@@ -130,7 +130,7 @@ impl Detectors {
             let (d, digits) = (self.any_digit_based, runs.longest);
             (
                 d && digits >= 13,
-                // Both SSN forms need more than 9 digits in a run: nine in a row, or
+                // Both SSN forms hold 9 digits in a run, as nine in a row or as
                 // `ddd-dd-dddd`, which holds `-dd-`. A phone number has neither, so the SSN
                 // regex is not run on it.
                 d && digits >= 9 && runs.ssn_shape,
