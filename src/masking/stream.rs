@@ -711,17 +711,18 @@ impl<'a> Stream<'_, '_, 'a> {
                     self.note_masked();
                     return Ok(false);
                 }
+                let (s0, s1) = (start + 1, end - 1);
                 let direct = match info.direct_mask {
-                    // A body known to be ASCII needs no look at each value.
-                    Some(dm) if self.ascii || self.b[start + 1..end - 1].is_ascii() => {
-                        Some(dm.write(self.b, start + 1, end - 1, &mut self.out))
-                    }
-                    _ => None,
+                    // A `mask` writes an ASCII string itself (a body known to be ASCII needs
+                    // no look at each value); any other string goes to `selected_other`,
+                    // as `write_str_direct` would send it.
+                    Some(dm) => (self.ascii || self.b[s0..s1].is_ascii())
+                        .then(|| dm.write(self.b, s0, s1, &mut self.out)),
+                    None => info
+                        .action
+                        .write_str_direct(&self.text[s0..s1], &mut self.out),
                 };
-                let s = &self.text[start + 1..end - 1];
-                if let Some(written) =
-                    direct.or_else(|| info.action.write_str_direct(s, &mut self.out))
-                {
+                if let Some(written) = direct {
                     if written {
                         self.copied = self.i;
                     }
