@@ -15,6 +15,7 @@ pub mod demo;
 pub mod error;
 pub mod explain;
 pub mod masking;
+pub mod per_thread;
 pub mod proxy;
 pub mod report;
 pub mod routing;

@@ -5,6 +5,7 @@ use super::actions::{Action, Pseudonymizer, MAX_MASK_KEEP, REDACTED};
 use super::detect::{Detector, Detectors};
 use super::path::{compile_path, CompiledPath, FastSel};
 use super::{FastRule, FieldSet, KeyRule, NameSet, RuleInfo, RuleIssue};
+use crate::per_thread::PerThread;
 use regex::Regex;
 use regex_syntax::hir::{Hir, HirKind, Look};
 use serde::Deserialize;
@@ -186,7 +187,7 @@ fn parse_detector(v: &Value) -> Result<Detector, String> {
             if never_matches_src(src) {
                 return Err("detector regex can never match".into());
             }
-            Ok(Detector::Custom(re))
+            Ok(Detector::Custom(Box::new(PerThread::new(re))))
         }
         _ => Err("invalid detector (expected a name or { regex: ... })".into()),
     }
@@ -258,7 +259,7 @@ fn compile_key_regex(src: &str, rule: u32) -> Result<KeyRule, String> {
     let anchored = props.look_set_prefix().contains(Look::Start)
         && props.look_set_suffix().contains(Look::End);
     Ok(KeyRule {
-        re,
+        re: PerThread::new(re),
         rule,
         min_len: props.minimum_len().unwrap_or(0),
         max_len: if anchored { props.maximum_len() } else { None },

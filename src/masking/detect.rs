@@ -16,6 +16,9 @@
 //! file order) so the longest numeric forms are consumed first.
 
 use super::actions::REDACTED;
+use super::finders;
+use super::measure::{counts, digit_runs, Counts, Runs};
+use crate::per_thread::PerThread;
 use regex::Regex;
 use std::ops::Range;
 use std::sync::LazyLock;
@@ -26,7 +29,7 @@ pub enum Detector {
     Ssn,
     Phone,
     Email,
-    Custom(Regex),
+    Custom(Box<PerThread<Regex>>),
 }
 
 impl Detector {
@@ -36,7 +39,7 @@ impl Detector {
             Detector::Ssn => "ssn".into(),
             Detector::Phone => "phone".into(),
             Detector::Email => "email".into(),
-            Detector::Custom(r) => format!("regex /{}/", r.as_str()),
+            Detector::Custom(r) => format!("regex /{}/", r.shared().as_str()),
         }
     }
 
@@ -51,20 +54,23 @@ impl Detector {
     }
 }
 
-static SSN: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"\b(?:[0-9]{3}-[0-9]{2}-[0-9]{4}|[0-9]{9})\b").expect("ssn regex")
+static SSN: LazyLock<PerThread<Regex>> = LazyLock::new(|| {
+    PerThread::new(Regex::new(r"\b(?:[0-9]{3}-[0-9]{2}-[0-9]{4}|[0-9]{9})\b").expect("ssn regex"))
 });
-static PHONE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(
+static PHONE: LazyLock<PerThread<Regex>> = LazyLock::new(|| {
+    PerThread::new(Regex::new(
         r"(?:\+?1[ .-]?)?(?:\([2-9][0-9]{2}\) ?|[2-9][0-9]{2}[ .-])[2-9][0-9]{2}[ .-][0-9]{4}\b|\+[1-9][0-9]{7,14}\b",
     )
-    .expect("phone regex")
+    .expect("phone regex"))
 });
-static CARD: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"\b[0-9](?:[ -]?[0-9]){12,18}\b").expect("card regex"));
-static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
-        .expect("email regex")
+static CARD: LazyLock<PerThread<Regex>> = LazyLock::new(|| {
+    PerThread::new(Regex::new(r"\b[0-9](?:[ -]?[0-9]){12,18}\b").expect("card regex"))
+});
+static EMAIL: LazyLock<PerThread<Regex>> = LazyLock::new(|| {
+    PerThread::new(
+        Regex::new(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
+            .expect("email regex"),
+    )
 });
 
 #[derive(Debug, Clone, Default)]
@@ -108,10 +114,14 @@ impl Detectors {
         // Cheap prefilter so most strings (names, dates, codes, prose) skip
         // every regex: NANP phones need 10 digits, SSNs 9, cards 13, E.164
         // phones 8 plus a '+'; emails need an '@'.
-        let (card, ssn, phone, at) = if self.custom {
-            (true, true, true, true)
+        let (card, ssn, phone, at, ascii) = if self.custom {
+            (true, true, true, true, s.is_ascii())
         } else {
-            let (total, at) = digits_and_at(s.as_bytes());
+            let Counts {
+                digits: total,
+                at,
+                ascii,
+            } = counts(s.as_bytes());
             if (total < 8 || !self.any_digit_based) && !(at && self.email) {
                 // Fewer than 8 digits in all: no run can hold a numeric match.
                 return None;
@@ -126,7 +136,8 @@ impl Detectors {
                 Runs::default()
             };
             // Replacements only ever shorten runs, and `[REDACTED]` holds neither a digit nor
-            // a `-`, so the thresholds measured on `s` hold for every detector in turn.
+            // a `-`, so the thresholds measured on `s` hold for every detector in turn. So
+            // does `ascii`: `[REDACTED]` is ASCII.
             let (d, digits) = (self.any_digit_based, runs.longest);
             (
                 d && digits >= 13,
@@ -136,6 +147,7 @@ impl Detectors {
                 d && digits >= 9 && runs.ssn_shape,
                 d && (digits >= 10 || (digits >= 8 && runs.plus)),
                 self.email && at,
+                ascii,
             )
         };
         if !card && !ssn && !phone && !at {
@@ -145,11 +157,15 @@ impl Detectors {
         for d in &self.list {
             let hay = cur.as_deref().unwrap_or(s);
             let out = match d {
-                Detector::CreditCard if card => replace_valid(&CARD, hay, card_ok),
-                Detector::Ssn if ssn => replace_valid(&SSN, hay, ssn_ok),
-                Detector::Phone if phone => replace_valid(&PHONE, hay, phone_ok),
-                Detector::Email if at => replace_valid(&EMAIL, hay, |_, _| true),
-                Detector::Custom(re) => replace_valid(re, hay, |_, _| true),
+                Detector::CreditCard if card => replace_regex(CARD.get(), hay, card_ok),
+                Detector::Ssn if ssn => replace_regex(SSN.get(), hay, ssn_ok),
+                Detector::Phone if phone => {
+                    replace_found(PHONE.get(), finders::phone, ascii, hay, phone_ok)
+                }
+                Detector::Email if at => {
+                    replace_found(EMAIL.get(), finders::email, ascii, hay, |_, _| true)
+                }
+                Detector::Custom(re) => replace_regex(re.get(), hay, |_, _| true),
                 _ => None,
             };
             if out.is_some() {
@@ -160,120 +176,52 @@ impl Detectors {
     }
 }
 
-/// What the numeric detectors' prefilter measures of a string.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct Runs {
-    /// The longest run of ASCII digits that the numeric detectors' separators (` .-()+`)
-    /// may join (any other byte ends a run).
-    longest: usize,
-    /// `b` holds a `+`.
-    plus: bool,
-    /// `b` holds nine digits in a row, or `-dd-` (a dash, two digits, a dash): one of the two
-    /// is in every SSN match.
-    ssn_shape: bool,
+/// The email regex (for tests of what stands in for it).
+#[cfg(test)]
+pub(super) fn email_regex() -> &'static Regex {
+    EMAIL.shared()
 }
 
-/// Measures `b` for the prefilter. Prose between numbers (no run open, no digit in sight)
-/// goes 8 bytes a step.
-fn digit_runs(b: &[u8]) -> Runs {
-    let mut r = Runs::default();
-    let mut run = 0usize;
-    // Digits in a row; digits since a `-` (None when something else came since).
-    let (mut row, mut after_dash) = (0usize, None::<usize>);
-    let mut byte = |c: u8, run: &mut usize, r: &mut Runs| match c {
-        b'0'..=b'9' => {
-            *run += 1;
-            r.longest = r.longest.max(*run);
-            row += 1;
-            r.ssn_shape |= row >= 9;
-            after_dash = after_dash.map(|n| n + 1);
-        }
-        b'-' => {
-            r.ssn_shape |= after_dash == Some(2);
-            (row, after_dash) = (0, Some(0));
-        }
-        b' ' | b'.' | b'(' | b')' => (row, after_dash) = (0, None),
-        b'+' => {
-            r.plus = true;
-            (row, after_dash) = (0, None);
-        }
-        _ => {
-            *run = 0;
-            (row, after_dash) = (0, None);
-        }
-    };
-    let mut chunks = b.chunks_exact(8);
-    for c in &mut chunks {
-        if run == 0 {
-            let w = u64::from_le_bytes(c.try_into().expect("8 bytes"));
-            if digit_lanes(w) == 0 {
-                // No run open and none starting: only a `+` matters here, and whether the
-                // word ends in the `-` an SSN's `-dd-` could start with (no run open means no
-                // digit since the last other byte: no `-d` or `-dd` pending before it).
-                r.plus |= has_byte(w, b'+');
-                byte(c[7], &mut run, &mut r);
-                continue;
-            }
-        }
-        for &x in c {
-            byte(x, &mut run, &mut r);
-        }
+/// The phone regex (for tests of what stands in for it).
+#[cfg(test)]
+pub(super) fn phone_regex() -> &'static Regex {
+    PHONE.shared()
+}
+
+/// The regex's matches, or on ASCII text the same ones from its written-out search.
+fn replace_found(
+    re: &Regex,
+    find: fn(&[u8], usize) -> Option<Range<usize>>,
+    ascii: bool,
+    s: &str,
+    ok: impl Fn(&str, Range<usize>) -> bool,
+) -> Option<String> {
+    if ascii {
+        replace_valid(finders::all(s.as_bytes(), find), s, ok)
+    } else {
+        replace_valid(re.find_iter(s).map(|m| m.range()), s, ok)
     }
-    for &x in chunks.remainder() {
-        byte(x, &mut run, &mut r);
-    }
-    r
 }
 
-const ONES: u64 = 0x0101_0101_0101_0101;
-const HIGH: u64 = 0x8080_8080_8080_8080;
-
-/// 0x80 in exactly the lanes of `w` that hold an ASCII digit (no carries between lanes).
-fn digit_lanes(w: u64) -> u64 {
-    // Lanes below 0x80 only: v + 0x50 sets the high bit iff v >= '0', v + 0x46 iff v > '9'.
-    let x = w & !HIGH;
-    (x + ONES * 0x50) & !(x + ONES * 0x46) & !w & HIGH
+fn replace_regex(re: &Regex, s: &str, ok: impl Fn(&str, Range<usize>) -> bool) -> Option<String> {
+    replace_valid(re.find_iter(s).map(|m| m.range()), s, ok)
 }
 
-/// Whether some lane of `w` is `v` (exact: a borrow only flags lanes above a true match).
-fn has_byte(w: u64, v: u8) -> bool {
-    let y = w ^ (ONES * u64::from(v));
-    y.wrapping_sub(ONES) & !y & HIGH != 0
-}
-
-/// ASCII digits in `b`, and whether it holds an '@': 8 bytes at a time.
-fn digits_and_at(b: &[u8]) -> (usize, bool) {
-    // The flagged lanes as 0/1 bytes, summed into the top byte by one multiply (at most 8:
-    // no carry out), cheaper than a bit count where the target has no `popcnt`.
-    let lanes = |w: u64| {
-        let ones = (digit_lanes(w) >> 7).wrapping_mul(ONES) >> 56;
-        (ones as usize, has_byte(w, b'@'))
-    };
-    let (mut digits, mut at) = (0usize, false);
-    let mut chunks = b.chunks_exact(8);
-    for c in &mut chunks {
-        let (d, a) = lanes(u64::from_le_bytes(c.try_into().expect("8 bytes")));
-        digits += d;
-        at |= a;
-    }
-    for &c in chunks.remainder() {
-        digits += usize::from(c.is_ascii_digit());
-        at |= c == b'@';
-    }
-    (digits, at)
-}
-
-fn replace_valid(re: &Regex, s: &str, ok: impl Fn(&str, Range<usize>) -> bool) -> Option<String> {
+fn replace_valid(
+    matches: impl Iterator<Item = Range<usize>>,
+    s: &str,
+    ok: impl Fn(&str, Range<usize>) -> bool,
+) -> Option<String> {
     let mut out: Option<String> = None;
     let mut last = 0;
-    for m in re.find_iter(s) {
-        if m.is_empty() || !ok(s, m.range()) {
+    for m in matches {
+        if m.is_empty() || !ok(s, m.clone()) {
             continue;
         }
         let o = out.get_or_insert_with(|| String::with_capacity(s.len()));
-        o.push_str(&s[last..m.start()]);
+        o.push_str(&s[last..m.start]);
         o.push_str(REDACTED);
-        last = m.end();
+        last = m.end;
     }
     let mut o = out?;
     o.push_str(&s[last..]);
@@ -357,101 +305,48 @@ mod tests {
     use super::*;
 
     #[test]
-    fn swar_prefilter_counts_exactly() {
-        let all: Vec<u8> = (0..=255u8).collect();
-        for s in [
-            &all[..],
-            b"",
-            b"0123456789",
-            b"a@b",
-            b"\xff9\x80/:@?0",
-            "é1ü2名3@🙂4".as_bytes(),
-            b"////::::0000@@@@9999",
-        ] {
-            // Every start within a word and every end: each tail length (0-7) over each
-            // kind of byte.
-            for start in 0..s.len().min(9) {
-                for end in start..=s.len() {
-                    let b = &s[start..end];
-                    let naive = (
-                        b.iter().filter(|c| c.is_ascii_digit()).count(),
-                        b.contains(&b'@'),
-                    );
-                    assert_eq!(digits_and_at(b), naive, "{b:?}");
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn digit_runs_are_measured_exactly_at_every_alignment() {
-        // Against the plain byte loop, on strings of digits, separators, `+`, `@`, letters
-        // and non-ASCII bytes, of every length up to 40 (runs across and along 8-byte steps).
-        let naive = |b: &[u8]| {
-            let (mut run, mut longest, mut plus) = (0usize, 0usize, false);
-            for &c in b {
-                match c {
-                    b'0'..=b'9' => {
-                        run += 1;
-                        longest = longest.max(run);
-                    }
-                    b' ' | b'.' | b'-' | b'(' | b')' => {}
-                    b'+' => plus = true,
-                    _ => run = 0,
-                }
-            }
-            let digit = |c: &u8| c.is_ascii_digit();
-            let ssn_shape = b.windows(9).any(|w| w.iter().all(digit))
-                || b.windows(4)
-                    .any(|w| w[0] == b'-' && digit(&w[1]) && digit(&w[2]) && w[3] == b'-');
-            Runs {
-                longest,
-                plus,
-                ssn_shape,
-            }
-        };
-        let alphabet = b"0123456789 .-()+@aZ\xff\x80";
+    fn every_ssn_match_has_the_prefilter_shape() {
+        // Skipping the SSN regex on strings without the shape loses no match.
+        let alphabet = b"0123456789 .-()+@aZ";
         let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let (mut longest_seen, mut shapes, mut ssn_matches) = (0, 0, 0);
+        let mut matches = 0;
         for case in 0..20_000 {
-            let len = case % 41;
-            let mut b = Vec::with_capacity(len);
-            for _ in 0..len {
+            let mut text = String::new();
+            for _ in 0..case % 41 {
                 seed ^= seed << 13;
                 seed ^= seed >> 7;
                 seed ^= seed << 17;
-                // Digits half the time, so long runs occur.
                 let i = if seed % 2 == 0 {
                     (seed >> 8) % 10
                 } else {
-                    (seed >> 8) % 21
+                    (seed >> 8) % 19
                 };
-                b.push(alphabet[i as usize]);
+                text.push(char::from(alphabet[i as usize]));
             }
-            let want = naive(&b);
-            longest_seen = longest_seen.max(want.longest);
-            shapes += usize::from(want.ssn_shape);
-            assert_eq!(digit_runs(&b), want, "{b:?}");
-            // The SSN shape is necessary for an SSN match: skipping the regex without it
-            // loses none.
-            if let Ok(text) = std::str::from_utf8(&b) {
-                if SSN.is_match(text) {
-                    assert!(want.ssn_shape, "{text:?}");
-                    ssn_matches += 1;
-                }
+            if SSN.get().is_match(&text) {
+                assert!(digit_runs(text.as_bytes()).ssn_shape, "{text:?}");
+                matches += 1;
             }
         }
-        assert!(longest_seen >= 16, "{longest_seen}");
-        assert!(shapes > 1000 && ssn_matches > 50, "{shapes} {ssn_matches}");
-        // A run that an 8-byte step of separators only continues, and one a letter ends.
-        assert_eq!(digit_runs(b"1234  ..  --  ()  5678").longest, 8);
-        assert_eq!(digit_runs(b"1234  ..  --  x)  5678").longest, 4);
-        let r = digit_runs(b"prose prose prose +1");
-        assert_eq!((r.longest, r.plus), (1, true));
-        // `-dd-` across an 8-byte step skipped for holding no digit.
-        assert!(digit_runs(b"abcdefg-12-").ssn_shape);
-        assert!(digit_runs(b"prose, prose, pro-12-3456").ssn_shape);
-        assert!(!digit_runs(b"call 915-693-8231 after 5pm").ssn_shape);
+        assert!(matches > 50, "{matches}");
+    }
+
+    #[test]
+    fn non_ascii_text_goes_to_the_regexes_and_their_unicode_word_boundary() {
+        let d = Detectors::new(vec![Detector::Phone, Detector::Email]);
+        // `é` is a word character to `\b`: neither number nor address ends here.
+        assert_eq!(d.scrub("call 212-555-0142é"), None);
+        assert_eq!(d.scrub("mail a@b.comé"), None);
+        // The same text in ASCII, written-out searches: both found.
+        assert_eq!(
+            d.scrub("call 212-555-0142e, mail a@b.com!").as_deref(),
+            Some("call 212-555-0142e, mail [REDACTED]!")
+        );
+        assert_eq!(
+            d.scrub("Ünïcode: call 212-555-0142 or mail a@b.com")
+                .as_deref(),
+            Some("Ünïcode: call [REDACTED] or mail [REDACTED]")
+        );
     }
 
     #[test]

@@ -18,7 +18,9 @@ mod cts;
 pub mod detect;
 mod dfa;
 mod engine;
+mod finders;
 pub mod gather;
+mod measure;
 pub mod path;
 mod stream;
 pub(crate) use stream::needs_escape;
@@ -28,6 +30,7 @@ mod tests;
 pub use actions::{Action, Pseudonymizer, REDACTED};
 pub use path::{parse_normalized, to_pointer, Step};
 
+use crate::per_thread::PerThread;
 use detect::Detectors;
 use jsonpath_rust::parser::model::JpQuery;
 use path::FastSeg;
@@ -244,7 +247,7 @@ pub(crate) struct FastRule {
 
 #[derive(Debug)]
 pub(crate) struct KeyRule {
-    pub re: Regex,
+    pub re: PerThread<Regex>,
     pub rule: u32,
     /// Shortest member name that can match.
     pub min_len: usize,
@@ -478,7 +481,9 @@ impl FieldSet {
         let mut key_rules = 0u64;
         for (bit, kr) in self.keys.iter().enumerate() {
             // Length bounds from the regex skip most evaluations.
-            if k.len() >= kr.min_len && kr.max_len.is_none_or(|m| k.len() <= m) && kr.re.is_match(k)
+            if k.len() >= kr.min_len
+                && kr.max_len.is_none_or(|m| k.len() <= m)
+                && kr.re.get().is_match(k)
             {
                 key_rules |= 1 << bit;
             }

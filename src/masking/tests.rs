@@ -401,7 +401,9 @@ fn detector_credit_card() {
 fn detector_custom_and_combined() {
     let d = Detectors::new(vec![
         Detector::Email,
-        Detector::Custom(regex::Regex::new(r"MRN-\d{6}").unwrap()),
+        Detector::Custom(Box::new(crate::per_thread::PerThread::new(
+            regex::Regex::new(r"MRN-\d{6}").unwrap(),
+        ))),
         Detector::Ssn,
     ]);
     assert_eq!(

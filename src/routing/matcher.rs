@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use crate::per_thread::PerThread;
 use http::Method;
 use regex::RegexSet;
 
@@ -137,7 +138,7 @@ pub enum RouteMatch {
 #[derive(Debug, Default)]
 pub struct Matcher {
     root: Node,
-    regex_set: Option<RegexSet>,
+    regex_set: Option<PerThread<RegexSet>>,
     regex_routes: Vec<(Methods, usize)>,
     regex_sources: Vec<String>,
     names: Vec<String>,
@@ -194,7 +195,9 @@ impl Matcher {
         regex::Regex::new(&anchored).map_err(|e| format!("invalid path_regex: {e}"))?;
         self.regex_sources.push(anchored);
         self.regex_routes.push((methods, id));
-        self.regex_set = Some(RegexSet::new(&self.regex_sources).map_err(|e| e.to_string())?);
+        self.regex_set = Some(PerThread::new(
+            RegexSet::new(&self.regex_sources).map_err(|e| e.to_string())?,
+        ));
         Ok(())
     }
 
@@ -213,7 +216,7 @@ impl Matcher {
             return RouteMatch::Found(id);
         }
         if let Some(set) = &self.regex_set {
-            let hits: Vec<usize> = set.matches(canonical).into_iter().collect();
+            let hits: Vec<usize> = set.get().matches(canonical).into_iter().collect();
             let accepting: Vec<usize> = hits
                 .iter()
                 .filter(|i| self.regex_routes[**i].0.accepts(method))
@@ -245,7 +248,8 @@ impl Matcher {
         collect(&self.root, &segs, &mut out);
         if let Some(set) = &self.regex_set {
             out.extend(
-                set.matches(canonical)
+                set.get()
+                    .matches(canonical)
                     .into_iter()
                     .map(|i| self.regex_routes[i].1),
             );
