@@ -3,7 +3,6 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use hmac::{KeyInit as _, Mac as _};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 use std::borrow::Cow;
@@ -375,12 +374,52 @@ fn redacted() -> Value {
 
 /// Keyed pseudonyms: `pse:<keyid>:<base64url(HMAC-SHA256(key, value)[..16])>`.
 pub struct Pseudonymizer {
-    /// The key's inner and outer SHA-256 states, absorbed once at load: each token clones
-    /// them (a few hundred bytes copied) and runs the two compressions HMAC needs for a
-    /// short value. aws-lc-rs's HMAC copies, initialises and wipes a whole `HMAC_CTX` per
-    /// call, which cost as much again as the hashing (benches/RESULTS.md).
-    mac: hmac::Hmac<Sha256>,
+    /// HMAC-SHA256 (RFC 2104) from SHA-256's block function: the key's inner and outer
+    /// states are absorbed once at load, and a value of up to 55 bytes then costs exactly
+    /// two compressions and nothing else. aws-lc-rs's HMAC copies, initialises and wipes a
+    /// whole `HMAC_CTX` per call, which cost as much again as the hashing; the `hmac`
+    /// crate's clone, buffering and finalisation still cost a third of it
+    /// (benches/RESULTS.md).
+    inner: [u32; 8],
+    outer: [u32; 8],
     keyid: String,
+}
+
+/// SHA-256's initial state (FIPS 180-4, 5.3.3).
+const SHA256_IV: [u32; 8] = [
+    0x6a09_e667,
+    0xbb67_ae85,
+    0x3c6e_f372,
+    0xa54f_f53a,
+    0x510e_527f,
+    0x9b05_688c,
+    0x1f83_d9ab,
+    0x5be0_cd19,
+];
+
+/// SHA-256 of `data` continued from `state`, which has absorbed `before` bytes (whole
+/// blocks): the padded final block(s) compressed in.
+fn sha256_finish(mut state: [u32; 8], before: usize, data: &[u8]) -> [u8; 32] {
+    let mut blocks = data.chunks_exact(64);
+    for b in &mut blocks {
+        sha2::block_api::compress256(&mut state, &[b.try_into().expect("64 bytes")]);
+    }
+    let rest = blocks.remainder();
+    let bits = ((before + data.len()) as u64) * 8;
+    let mut last = [[0u8; 64]; 2];
+    let flat = last.as_flattened_mut();
+    flat[..rest.len()].copy_from_slice(rest);
+    flat[rest.len()] = 0x80;
+    // The length goes in the last 8 bytes of one block, or of a second if `rest` leaves
+    // no room for it.
+    let n = if rest.len() < 56 { 1 } else { 2 };
+    flat[n * 64 - 8..n * 64].copy_from_slice(&bits.to_be_bytes());
+    sha2::block_api::compress256(&mut state, &last[..n]);
+    let mut out = [0u8; 32];
+    for (o, w) in out.chunks_exact_mut(4).zip(state) {
+        o.copy_from_slice(&w.to_be_bytes());
+    }
+    out
 }
 
 impl std::fmt::Debug for Pseudonymizer {
@@ -399,9 +438,22 @@ impl Pseudonymizer {
         for b in &d[..4] {
             let _ = write!(keyid, "{b:02x}");
         }
+        // Keys longer than a block are hashed first; then padded with zeros to a block.
+        let mut block = [0u8; 64];
+        if key.len() > 64 {
+            block[..32].copy_from_slice(&d);
+        } else {
+            block[..key.len()].copy_from_slice(key);
+        }
+        let absorb = |pad: u8| {
+            let mut state = SHA256_IV;
+            let b: [u8; 64] = std::array::from_fn(|i| block[i] ^ pad);
+            sha2::block_api::compress256(&mut state, &[b]);
+            state
+        };
         Pseudonymizer {
-            // HMAC takes keys of any length (longer ones are hashed first): this cannot fail.
-            mac: hmac::Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts any key length"),
+            inner: absorb(0x36),
+            outer: absorb(0x5c),
             keyid,
         }
     }
@@ -418,9 +470,8 @@ impl Pseudonymizer {
 
     /// Appends the token of `value` to `out`.
     pub fn token_into(&self, value: &str, out: &mut String) {
-        let mut mac = self.mac.clone();
-        mac.update(value.as_bytes());
-        let tag = mac.finalize().into_bytes();
+        let inner = sha256_finish(self.inner, 64, value.as_bytes());
+        let tag = sha256_finish(self.outer, 64, &inner);
         out.push_str("pse:");
         out.push_str(&self.keyid);
         out.push(':');
