@@ -1186,11 +1186,13 @@ impl<'a> Stream<'_, '_, 'a> {
     /// its position in the last object of this shape (`preds`, pairwise distinct names):
     /// the comma and `"name":` are recognised by one compare, with no separator state, mark
     /// or duplicate check per member. Stops at the first member written otherwise, or after
-    /// a removed one, where the member loop takes over (`Stopped`: members read, members
-    /// kept), or at the closing brace after the last of `preds`.
+    /// a removed one that no kept one precedes, where the member loop takes over
+    /// (`Stopped`: members read, members kept), or at the closing brace after the last of
+    /// `preds`.
     #[inline(always)]
     fn replay(&mut self, preds: &[Pred<'a>], depth: usize, m: &mut Mark) -> R<Replay> {
-        let mut k = 0;
+        // Members read, members kept.
+        let (mut k, mut written) = (0, 0);
         loop {
             let p = &preds[k];
             // At the comma before the member (the first has none).
@@ -1208,11 +1210,11 @@ impl<'a> Stream<'_, '_, 'a> {
                 } else if self.b.get(start) == Some(&b',') {
                     start + 1
                 } else {
-                    return Ok(Replay::Stopped { pos: k, written: k });
+                    return Ok(Replay::Stopped { pos: k, written });
                 };
                 match self.b.get(h..h + n) {
                     Some(at) if n != 0 && same(at, p.head) => h,
-                    _ => return Ok(Replay::Stopped { pos: k, written: k }),
+                    _ => return Ok(Replay::Stopped { pos: k, written }),
                 }
             };
             if p.win.is_some() {
@@ -1226,11 +1228,19 @@ impl<'a> Stream<'_, '_, 'a> {
             self.i = h + n;
             self.last = PStep::Key(p.name, p.plain);
             if self.value(p.win, p.child, depth + 1)? {
+                // The member went with the comma before it. After a kept one the next
+                // comma stays as it is, and the replay goes on (the example set removes
+                // each record's second member); with none kept yet, that comma must go too,
+                // which the member loop's separator does.
                 self.drop_since(m);
-                return Ok(Replay::Stopped {
-                    pos: k + 1,
-                    written: k,
-                });
+                if written == 0 {
+                    return Ok(Replay::Stopped {
+                        pos: k + 1,
+                        written,
+                    });
+                }
+            } else {
+                written += 1;
             }
             k += 1;
             if k == preds.len() {
@@ -1238,7 +1248,7 @@ impl<'a> Stream<'_, '_, 'a> {
                     self.i += 1;
                     return Ok(Replay::Closed);
                 }
-                return Ok(Replay::Stopped { pos: k, written: k });
+                return Ok(Replay::Stopped { pos: k, written });
             }
         }
     }
@@ -1486,6 +1496,11 @@ sets:
       - { path: "$['p','q'][0,3]", action: year }
       - { path: "$..deep..w",    action: redact }
       - { key: "^k$",            action: remove }
+  removals:
+    fields:
+      - { path: "$..rm",    action: remove }
+      - { path: "$..rm2",   action: remove }
+      - { path: "$..red",   action: redact }
   everything:
     fields:
       - { path: "$..*", action: { mask: { keep_last: 1 } } }
@@ -1977,6 +1992,49 @@ sets:
             ),
             r#"{"nul":null}"#
         );
+    }
+
+    #[test]
+    fn records_of_one_shape_with_removed_members_anywhere() {
+        // Up to five members, each kept, redacted or removed (by one of two rules), three
+        // records of the same shape in a row (the second and third are replayed), compact
+        // and with whitespace: as the tree walk masks them.
+        let mut cases = 0;
+        for n in 1..=5usize {
+            for code in 0..4usize.pow(n as u32) {
+                let kinds: Vec<usize> = (0..n).map(|i| code / 4usize.pow(i as u32) % 4).collect();
+                let (rm, rm2) = (
+                    kinds.iter().filter(|&&k| k == 2).count(),
+                    kinds.iter().filter(|&&k| k == 3).count(),
+                );
+                if rm > 1 || rm2 > 1 {
+                    continue;
+                }
+                let record = |r: usize| {
+                    let members: Vec<String> = kinds
+                        .iter()
+                        .enumerate()
+                        .map(|(i, k)| match k {
+                            0 => format!(r#""m{i}":{r}"#),
+                            1 => format!(r#""red":"v{r}""#),
+                            2 => format!(r#""rm":{{"x":[{r}]}}"#),
+                            _ => format!(r#""rm2":"w{r}""#),
+                        })
+                        .collect();
+                    format!("{{{}}}", members.join(","))
+                };
+                if kinds.iter().filter(|&&k| k == 1).count() > 1 {
+                    continue;
+                }
+                let doc = format!("[{},{},{}]", record(1), record(2), record(3));
+                let want = tree_only("removals", &doc).0;
+                assert_eq!(masked("removals", &doc), want, "{doc}");
+                let pretty = doc.replace(',', " ,\n ").replace(':', " : ");
+                assert_eq!(masked("removals", &pretty), want, "{pretty}");
+                cases += 1;
+            }
+        }
+        assert!(cases > 100, "{cases}");
     }
 
     #[test]
