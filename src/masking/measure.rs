@@ -27,7 +27,7 @@ pub(super) struct Counts {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(super) use sse2::{counts, digit_runs, phone_starts16};
+pub(super) use sse2::{bytes16, counts, digit_runs, phone_starts16};
 
 #[cfg(not(target_arch = "x86_64"))]
 pub(super) use portable::{counts, digit_runs};
@@ -113,6 +113,19 @@ mod sse2 {
             let m = _mm_or_si128(nonzero_digit, _mm_or_si128(is(b'+'), is(b'(')));
             _mm_movemask_epi8(m) as u32
         }
+    }
+
+    /// Bit i: byte i of the 16 at `from` (fewer at the end) is `c`.
+    #[inline(always)]
+    pub(in super::super) fn bytes16(b: &[u8], from: usize, c: u8) -> u32 {
+        let v = match b.get(from..from + 16) {
+            // SAFETY: SSE2 is in the x86-64 baseline; the load reads exactly these 16 bytes.
+            Some(c) => unsafe { _mm_loadu_si128(c.as_ptr().cast::<__m128i>()) },
+            None => padded(&b[from..]),
+        };
+        // SAFETY: SSE2 is in the x86-64 baseline; these work on registers only. A zero
+        // `c` would also flag the padding: no caller asks for one.
+        unsafe { _mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8(c as i8))) as u32 }
     }
 
     pub(in super::super) fn counts(b: &[u8]) -> Counts {
