@@ -17,7 +17,8 @@
 
 use super::actions::REDACTED;
 use super::finders;
-use super::measure::{counts, digit_runs, Counts, Runs};
+pub(crate) use super::measure::Counts;
+use super::measure::{counts, digit_runs, Runs};
 use crate::per_thread::PerThread;
 use regex::Regex;
 use std::ops::Range;
@@ -111,18 +112,30 @@ impl Detectors {
         if self.list.is_empty() {
             return None;
         }
-        // Cheap prefilter so most strings (names, dates, codes, prose) skip
-        // every regex: NANP phones need 10 digits, SSNs 9, cards 13, E.164
-        // phones 8 plus a '+'; emails need an '@'.
+        self.scrub_counted(s, counts(s.as_bytes()))
+    }
+
+    /// No detector can match a string with these counts (so `scrub` would return None).
+    /// Cheap prefilter so most strings (names, dates, codes, prose) skip every search:
+    /// NANP phones need 10 digits, SSNs 9, cards 13, E.164 phones 8 plus a '+'; emails
+    /// need an '@'. A custom regex may match anything.
+    #[inline]
+    pub(crate) fn refuses(&self, c: &Counts) -> bool {
+        !self.custom && (c.digits < 8 || !self.any_digit_based) && !(c.at && self.email)
+    }
+
+    /// `scrub`, with the counts of `s` already taken (by the masker, as it scanned the
+    /// string).
+    pub(crate) fn scrub_counted(&self, s: &str, c: Counts) -> Option<String> {
         let (card, ssn, phone, at, ascii) = if self.custom {
-            (true, true, true, true, s.is_ascii())
+            (true, true, true, true, c.ascii)
         } else {
             let Counts {
                 digits: total,
                 at,
                 ascii,
-            } = counts(s.as_bytes());
-            if (total < 8 || !self.any_digit_based) && !(at && self.email) {
+            } = c;
+            if self.refuses(&c) {
                 // Fewer than 8 digits in all: no run can hold a numeric match.
                 return None;
             }

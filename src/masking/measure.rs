@@ -17,7 +17,7 @@ pub(super) struct Runs {
 
 /// What the first look at a string finds.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Counts {
+pub(crate) struct Counts {
     /// ASCII digits in all.
     pub digits: usize,
     /// It holds an `@`.
@@ -27,7 +27,7 @@ pub(super) struct Counts {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(super) use sse2::{bytes16, counts, digit_runs, phone_starts16};
+pub(super) use sse2::{bytes16, counts, digit_runs, phone_starts16, string_counts};
 
 #[cfg(not(target_arch = "x86_64"))]
 pub(super) use portable::{counts, digit_runs};
@@ -36,7 +36,7 @@ pub(super) use portable::{counts, digit_runs};
 mod sse2 {
     use super::{Counts, Runs};
     use std::arch::x86_64::{
-        __m128i, _mm_cmpeq_epi8, _mm_cvtsi128_si64, _mm_loadu_si128, _mm_min_epu8,
+        __m128i, _mm_cmpeq_epi8, _mm_cvtsi128_si64, _mm_loadu_si128, _mm_max_epu8, _mm_min_epu8,
         _mm_movemask_epi8, _mm_or_si128, _mm_sad_epu8, _mm_set1_epi8, _mm_set_epi64x,
         _mm_setzero_si128, _mm_srli_si128, _mm_sub_epi8,
     };
@@ -126,6 +126,60 @@ mod sse2 {
         // SAFETY: SSE2 is in the x86-64 baseline; these work on registers only. A zero
         // `c` would also flag the padding: no caller asks for one.
         unsafe { _mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8(c as i8))) as u32 }
+    }
+
+    /// A string value from `from` (just past its opening quote) to its closing quote, and
+    /// its counts, in one pass: the masker's scan and the detectors' first look share each
+    /// 16-byte load. `Ok(None)`: the string has escapes (measure its decoded text instead);
+    /// `Err`: a raw control byte, or the text ends first.
+    #[inline(always)]
+    pub(in super::super) fn string_counts(
+        b: &[u8],
+        from: usize,
+    ) -> Result<Option<(usize, Counts)>, ()> {
+        let mut c = Counts {
+            digits: 0,
+            at: false,
+            ascii: true,
+        };
+        let mut j = from;
+        loop {
+            let v = match b.get(j..j + 16) {
+                // SAFETY: SSE2 is in the x86-64 baseline; the load reads exactly these 16
+                // bytes.
+                Some(chunk) => unsafe { _mm_loadu_si128(chunk.as_ptr().cast::<__m128i>()) },
+                None if j < b.len() => padded(&b[j..]),
+                None => return Err(()),
+            };
+            // SAFETY: SSE2 is in the x86-64 baseline; these work on registers only.
+            let [special, digit, at, high] = unsafe {
+                let is = |c: u8| _mm_cmpeq_epi8(v, _mm_set1_epi8(c as i8));
+                // Unsigned v <= 0x1f exactly when max(v, 0x1f) == 0x1f (the zero padding
+                // past the text's end too: a string it reaches is unterminated).
+                let limit = _mm_set1_epi8(0x1f);
+                let control = _mm_cmpeq_epi8(_mm_max_epu8(v, limit), limit);
+                let bits = |m: __m128i| _mm_movemask_epi8(m) as u32;
+                [
+                    bits(_mm_or_si128(_mm_or_si128(is(b'"'), is(b'\\')), control)),
+                    bits(digit_lanes(v)),
+                    bits(is(b'@')),
+                    bits(v),
+                ]
+            };
+            let before = (1u32 << special.trailing_zeros().min(16)) - 1;
+            c.digits += (digit & before).count_ones() as usize;
+            c.at |= at & before != 0;
+            c.ascii &= high & before == 0;
+            if special != 0 {
+                let end = j + special.trailing_zeros() as usize;
+                return match b.get(end) {
+                    Some(b'"') => Ok(Some((end, c))),
+                    Some(b'\\') => Ok(None),
+                    _ => Err(()),
+                };
+            }
+            j += 16;
+        }
     }
 
     pub(in super::super) fn counts(b: &[u8]) -> Counts {
@@ -379,6 +433,58 @@ mod tests {
             }
         }
         assert_eq!(counts(&long).digits, 4000);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn string_values_are_scanned_and_counted_in_one_pass() {
+        // Against a byte loop: where the string ends (or why it cannot be taken), and the
+        // counts of its content, for contents of every length up to 50 drawn from digits,
+        // '@', letters, non-ASCII bytes, quotes, backslashes and control bytes, at every
+        // offset of a text, and with the text ending right after (or inside) the string.
+        let alphabet = b"0123456789@aZ \xc3\xa9\"\\\x01";
+        let naive = |b: &[u8], from: usize| -> Result<Option<(usize, Counts)>, ()> {
+            let end = (from..b.len())
+                .find(|&i| matches!(b[i], b'"' | b'\\' | 0..=0x1f))
+                .ok_or(())?;
+            match b[end] {
+                b'"' => Ok(Some((end, naive_counts(&b[from..end])))),
+                b'\\' => Ok(None),
+                _ => Err(()),
+            }
+        };
+        let mut seed = 0x0123_4567_89ab_cdefu64;
+        let mut kinds = [0usize; 3];
+        for case in 0..20_000 {
+            let len = case % 51;
+            let mut text = b"[ ".repeat(case % 17 / 2);
+            let from = text.len() + 1;
+            text.push(b'"');
+            for _ in 0..len {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                // Mostly plain bytes, so that long strings form.
+                let i = if seed % 8 == 0 {
+                    (seed >> 8) % 19
+                } else {
+                    (seed >> 8) % 16
+                };
+                text.push(alphabet[i as usize]);
+            }
+            if case % 3 != 0 {
+                text.push(b'"');
+            }
+            text.extend(std::iter::repeat_n(b'x', case % 5));
+            let want = naive(&text, from);
+            kinds[match want {
+                Ok(Some(_)) => 0,
+                Ok(None) => 1,
+                Err(()) => 2,
+            }] += 1;
+            assert_eq!(string_counts(&text, from), want, "{text:?}");
+        }
+        assert!(kinds.iter().all(|&k| k > 1000), "{kinds:?}");
     }
 
     #[test]

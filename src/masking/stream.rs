@@ -990,10 +990,37 @@ impl<'a> Stream<'_, '_, 'a> {
     /// An unselected string: the detector backstop, then copied (or re-escaped as serde does).
     #[inline(never)]
     fn string(&mut self) -> R<()> {
+        #[cfg(target_arch = "x86_64")]
+        if self.detect {
+            // Scanned and counted for the detectors at once: most strings are refused on the
+            // counts without a call.
+            let start = self.i;
+            if let Some((quote, c)) =
+                super::measure::string_counts(self.b, start + 1).map_err(|()| Bail)?
+            {
+                self.i = quote + 1;
+                if self.set.detectors.refuses(&c) {
+                    return Ok(());
+                }
+                return self.detect_in(start, quote + 1, false, Some(c));
+            }
+        }
         let (start, end, escaped) = self.scan_string()?;
         if !escaped && !self.detect {
             return Ok(());
         }
+        self.detect_in(start, end, escaped, None)
+    }
+
+    /// The detectors on the string at `start..end` (with its quotes; `c`: its counts, when
+    /// taken), then the string copied or re-escaped.
+    fn detect_in(
+        &mut self,
+        start: usize,
+        end: usize,
+        escaped: bool,
+        c: Option<super::detect::Counts>,
+    ) -> R<()> {
         let decoded: String;
         let s: &str = if escaped {
             decoded = serde_json::from_str(&self.text[start..end]).map_err(|_| Bail)?;
@@ -1003,7 +1030,11 @@ impl<'a> Stream<'_, '_, 'a> {
         };
         let set = self.set;
         if self.detect && !set.pseudonymizer.as_deref().is_some_and(|p| p.is_token(s)) {
-            if let Some(new) = set.detectors.scrub(s) {
+            let found = match c {
+                Some(c) => set.detectors.scrub_counted(s, c),
+                None => set.detectors.scrub(s),
+            };
+            if let Some(new) = found {
                 self.note_masked();
                 return self.replace(start, |o| write_json_str(o, &new)).map(|_| ());
             }
