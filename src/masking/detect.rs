@@ -121,7 +121,8 @@ impl Detectors {
     /// need an '@'. A custom regex may match anything.
     #[inline]
     pub(crate) fn refuses(&self, c: &Counts) -> bool {
-        !self.custom && (c.digits < 8 || !self.any_digit_based) && !(c.at && self.email)
+        // Something could match: a custom regex, a number's digits, an address's '@'.
+        !(self.custom || (c.digits >= 8 && self.any_digit_based) || (c.at && self.email))
     }
 
     /// `scrub`, with the counts of `s` already taken (by the masker, as it scanned the
