@@ -174,10 +174,10 @@ impl Detectors {
                 Detector::CreditCard if card => replace_regex(CARD.get(), hay, card_ok),
                 Detector::Ssn if ssn => replace_regex(SSN.get(), hay, ssn_ok),
                 Detector::Phone if phone => {
-                    replace_found(PHONE.get(), finders::phone, ascii, hay, phone_ok)
+                    replace_found(&PHONE, finders::phone, ascii, hay, phone_ok)
                 }
                 Detector::Email if at => {
-                    replace_found(EMAIL.get(), finders::email, ascii, hay, |_, _| true)
+                    replace_found(&EMAIL, finders::email, ascii, hay, |_, _| true)
                 }
                 Detector::Custom(re) => replace_regex(re.get(), hay, |_, _| true),
                 _ => None,
@@ -202,9 +202,10 @@ pub(super) fn phone_regex() -> &'static Regex {
     PHONE.shared()
 }
 
-/// The regex's matches, or on ASCII text the same ones from its written-out search.
+/// The regex's matches, or on ASCII text the same ones from its written-out search (the
+/// regex not even looked up then: this thread's clone of it is a lookup of its own).
 fn replace_found(
-    re: &Regex,
+    re: &LazyLock<PerThread<Regex>>,
     find: fn(&[u8], usize) -> Option<Range<usize>>,
     ascii: bool,
     s: &str,
@@ -213,7 +214,7 @@ fn replace_found(
     if ascii {
         replace_valid(finders::all(s.as_bytes(), find), s, ok)
     } else {
-        replace_valid(re.find_iter(s).map(|m| m.range()), s, ok)
+        replace_valid(re.get().find_iter(s).map(|m| m.range()), s, ok)
     }
 }
 
