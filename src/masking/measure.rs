@@ -36,8 +36,8 @@ pub(super) use portable::{counts, digit_runs};
 mod sse2 {
     use super::{Counts, Runs};
     use std::arch::x86_64::{
-        __m128i, _mm_cmpeq_epi8, _mm_cvtsi128_si64, _mm_loadu_si128, _mm_max_epu8, _mm_min_epu8,
-        _mm_movemask_epi8, _mm_or_si128, _mm_sad_epu8, _mm_set1_epi8, _mm_set_epi64x,
+        __m128i, _mm_and_si128, _mm_cmpeq_epi8, _mm_cvtsi128_si64, _mm_loadu_si128, _mm_max_epu8,
+        _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128, _mm_sad_epu8, _mm_set1_epi8, _mm_set_epi64x,
         _mm_setzero_si128, _mm_srli_si128, _mm_sub_epi8,
     };
 
@@ -137,48 +137,68 @@ mod sse2 {
         b: &[u8],
         from: usize,
     ) -> Result<Option<(usize, Counts)>, ()> {
-        let mut c = Counts {
-            digits: 0,
-            at: false,
-            ascii: true,
+        /// 16 bytes from `16 - n`: `n` lanes of 0xff, then zeros.
+        static LANES: [u8; 32] = {
+            let mut l = [0u8; 32];
+            let mut i = 0;
+            while i < 16 {
+                l[i] = 0xff;
+                i += 1;
+            }
+            l
         };
-        let mut j = from;
-        loop {
-            let v = match b.get(j..j + 16) {
-                // SAFETY: SSE2 is in the x86-64 baseline; the load reads exactly these 16
-                // bytes.
-                Some(chunk) => unsafe { _mm_loadu_si128(chunk.as_ptr().cast::<__m128i>()) },
-                None if j < b.len() => padded(&b[j..]),
-                None => return Err(()),
+        // SAFETY: SSE2 is in the x86-64 baseline; the loads read exactly 16 bytes of the
+        // text or of `LANES` (at most 16 from its start), the rest works on registers.
+        unsafe {
+            let zero = _mm_setzero_si128();
+            // Per-lane digit counts (summed across lanes every 255 steps, before a lane can
+            // wrap, and at the end), and the '@' and non-ASCII lanes: no bit count per step.
+            let (mut per_lane, mut at, mut high) = (zero, zero, zero);
+            let (mut digits, mut steps) = (0usize, 0u32);
+            let sum = |lanes: __m128i| {
+                let s = _mm_sad_epu8(lanes, zero);
+                (_mm_cvtsi128_si64(s) + _mm_cvtsi128_si64(_mm_srli_si128::<8>(s))) as usize
             };
-            // SAFETY: SSE2 is in the x86-64 baseline; these work on registers only.
-            let [special, digit, at, high] = unsafe {
+            let mut j = from;
+            loop {
+                let v = match b.get(j..j + 16) {
+                    Some(chunk) => _mm_loadu_si128(chunk.as_ptr().cast::<__m128i>()),
+                    None if j < b.len() => padded(&b[j..]),
+                    None => return Err(()),
+                };
                 let is = |c: u8| _mm_cmpeq_epi8(v, _mm_set1_epi8(c as i8));
                 // Unsigned v <= 0x1f exactly when max(v, 0x1f) == 0x1f (the zero padding
                 // past the text's end too: a string it reaches is unterminated).
                 let limit = _mm_set1_epi8(0x1f);
                 let control = _mm_cmpeq_epi8(_mm_max_epu8(v, limit), limit);
-                let bits = |m: __m128i| _mm_movemask_epi8(m) as u32;
-                [
-                    bits(_mm_or_si128(_mm_or_si128(is(b'"'), is(b'\\')), control)),
-                    bits(digit_lanes(v)),
-                    bits(is(b'@')),
-                    bits(v),
-                ]
-            };
-            let before = (1u32 << special.trailing_zeros().min(16)) - 1;
-            c.digits += (digit & before).count_ones() as usize;
-            c.at |= at & before != 0;
-            c.ascii &= high & before == 0;
-            if special != 0 {
-                let end = j + special.trailing_zeros() as usize;
-                return match b.get(end) {
-                    Some(b'"') => Ok(Some((end, c))),
-                    Some(b'\\') => Ok(None),
-                    _ => Err(()),
-                };
+                let special =
+                    _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(is(b'"'), is(b'\\')), control))
+                        as u32;
+                // The lanes before the first special byte (all 16 when there is none).
+                let first = special.trailing_zeros().min(16) as usize;
+                let keep = _mm_loadu_si128(LANES[16 - first..].as_ptr().cast::<__m128i>());
+                per_lane = _mm_sub_epi8(per_lane, _mm_and_si128(digit_lanes(v), keep));
+                at = _mm_or_si128(at, _mm_and_si128(is(b'@'), keep));
+                high = _mm_or_si128(high, _mm_and_si128(v, keep));
+                steps += 1;
+                if steps == 255 {
+                    digits += sum(per_lane);
+                    (per_lane, steps) = (zero, 0);
+                }
+                if special != 0 {
+                    let c = Counts {
+                        digits: digits + sum(per_lane),
+                        at: _mm_movemask_epi8(at) != 0,
+                        ascii: _mm_movemask_epi8(high) == 0,
+                    };
+                    return match b.get(j + first) {
+                        Some(b'"') => Ok(Some((j + first, c))),
+                        Some(b'\\') => Ok(None),
+                        _ => Err(()),
+                    };
+                }
+                j += 16;
             }
-            j += 16;
         }
     }
 
@@ -485,6 +505,13 @@ mod tests {
             assert_eq!(string_counts(&text, from), want, "{text:?}");
         }
         assert!(kinds.iter().all(|&k| k > 1000), "{kinds:?}");
+        // Past 255 steps of 16 bytes (where the lanes' counts are summed).
+        for tail in ["\"", "@\"", "\u{e9}\""] {
+            let text = format!("\"{}{tail}x", "0123456789".repeat(500));
+            let want = naive(text.as_bytes(), 1);
+            assert_eq!(string_counts(text.as_bytes(), 1), want);
+            assert_eq!(want.unwrap().unwrap().1.digits, 5000);
+        }
     }
 
     #[test]
