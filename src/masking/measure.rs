@@ -147,87 +147,110 @@ mod sse2 {
             }
             l
         };
-        // SAFETY: SSE2 is in the x86-64 baseline; the loads read exactly 16 bytes of the
-        // text or of `LANES` (at most 16 from its start), the rest works on registers.
-        unsafe {
-            let zero = _mm_setzero_si128();
-            // Per-lane digit counts (summed across lanes every 255 steps, before a lane can
-            // wrap, and at the end), and the '@' and non-ASCII lanes: no bit count per step.
-            let (mut per_lane, mut at, mut high) = (zero, zero, zero);
-            let (mut digits, mut steps) = (0usize, 0u32);
-            let sum = |lanes: __m128i| {
-                let s = _mm_sad_epu8(lanes, zero);
-                (_mm_cvtsi128_si64(s) + _mm_cvtsi128_si64(_mm_srli_si128::<8>(s))) as usize
+        let mut t = Tally::new();
+        let mut j = from;
+        loop {
+            // SAFETY (the loads): SSE2 is in the x86-64 baseline; each reads exactly 16 bytes
+            // of the text or of `LANES` (at most 16 from its start).
+            let v = match b.get(j..j + 16) {
+                Some(chunk) => unsafe { _mm_loadu_si128(chunk.as_ptr().cast::<__m128i>()) },
+                None if j < b.len() => padded(&b[j..]),
+                None => return Err(()),
             };
-            let mut j = from;
-            loop {
-                let v = match b.get(j..j + 16) {
-                    Some(chunk) => _mm_loadu_si128(chunk.as_ptr().cast::<__m128i>()),
-                    None if j < b.len() => padded(&b[j..]),
-                    None => return Err(()),
-                };
+            // SAFETY: SSE2 is in the x86-64 baseline; these work on registers only.
+            let special = unsafe {
                 let is = |c: u8| _mm_cmpeq_epi8(v, _mm_set1_epi8(c as i8));
                 // Unsigned v <= 0x1f exactly when max(v, 0x1f) == 0x1f (the zero padding
                 // past the text's end too: a string it reaches is unterminated).
                 let limit = _mm_set1_epi8(0x1f);
                 let control = _mm_cmpeq_epi8(_mm_max_epu8(v, limit), limit);
-                let special =
-                    _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(is(b'"'), is(b'\\')), control))
-                        as u32;
-                // The lanes before the first special byte (all 16 when there is none).
-                let first = special.trailing_zeros().min(16) as usize;
-                let keep = _mm_loadu_si128(LANES[16 - first..].as_ptr().cast::<__m128i>());
-                per_lane = _mm_sub_epi8(per_lane, _mm_and_si128(digit_lanes(v), keep));
-                at = _mm_or_si128(at, _mm_and_si128(is(b'@'), keep));
-                high = _mm_or_si128(high, _mm_and_si128(v, keep));
-                steps += 1;
-                if steps == 255 {
-                    digits += sum(per_lane);
-                    (per_lane, steps) = (zero, 0);
-                }
-                if special != 0 {
-                    let c = Counts {
-                        digits: digits + sum(per_lane),
-                        at: _mm_movemask_epi8(at) != 0,
-                        ascii: _mm_movemask_epi8(high) == 0,
-                    };
-                    return match b.get(j + first) {
-                        Some(b'"') => Ok(Some((j + first, c))),
-                        Some(b'\\') => Ok(None),
-                        _ => Err(()),
-                    };
-                }
-                j += 16;
+                _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(is(b'"'), is(b'\\')), control)) as u32
+            };
+            // The lanes before the first special byte (all 16 when there is none).
+            let first = special.trailing_zeros().min(16) as usize;
+            // SAFETY: as for the loads above (16 bytes of `LANES` from at most its 16th).
+            let keep = unsafe { _mm_loadu_si128(LANES[16 - first..].as_ptr().cast::<__m128i>()) };
+            t.add(v, keep);
+            if special != 0 {
+                return match b.get(j + first) {
+                    Some(b'"') => Ok(Some((j + first, t.counts()))),
+                    Some(b'\\') => Ok(None),
+                    _ => Err(()),
+                };
             }
+            j += 16;
         }
     }
 
     pub(in super::super) fn counts(b: &[u8]) -> Counts {
-        // SAFETY: SSE2 is in the x86-64 baseline; these work on registers only.
-        unsafe {
-            let zero = _mm_setzero_si128();
-            let (mut per_lane, mut at, mut high) = (zero, zero, zero);
-            let (mut digits, mut steps) = (0usize, 0u32);
-            // Per-lane digit counts, summed across lanes every 255 steps (before a lane
-            // can wrap) and at the end: a compare yields -1 per digit, subtracted.
-            let sum = |lanes: __m128i| {
-                let s = _mm_sad_epu8(lanes, zero);
+        let mut t = Tally::new();
+        // SAFETY: SSE2 is in the x86-64 baseline; this works on registers only.
+        for_chunks(b, |v| t.add(v, unsafe { _mm_set1_epi8(-1) }));
+        t.counts()
+    }
+
+    /// `Counts` taken 16 lanes a step: digits per lane (a compare yields -1 per digit,
+    /// subtracted; summed across lanes every 255 steps, before a lane can wrap, and at the
+    /// end), and the `@` and non-ASCII lanes. No bit count per step.
+    struct Tally {
+        per_lane: __m128i,
+        at: __m128i,
+        high: __m128i,
+        digits: usize,
+        steps: u32,
+    }
+
+    impl Tally {
+        #[inline(always)]
+        fn new() -> Tally {
+            // SAFETY: SSE2 is in the x86-64 baseline; this works on registers only.
+            let zero = unsafe { _mm_setzero_si128() };
+            Tally {
+                per_lane: zero,
+                at: zero,
+                high: zero,
+                digits: 0,
+                steps: 0,
+            }
+        }
+
+        #[inline(always)]
+        fn sum(lanes: __m128i) -> usize {
+            // SAFETY: SSE2 is in the x86-64 baseline; these work on registers only.
+            unsafe {
+                let s = _mm_sad_epu8(lanes, _mm_setzero_si128());
                 (_mm_cvtsi128_si64(s) + _mm_cvtsi128_si64(_mm_srli_si128::<8>(s))) as usize
-            };
-            for_chunks(b, |v| {
-                per_lane = _mm_sub_epi8(per_lane, digit_lanes(v));
-                at = _mm_or_si128(at, _mm_cmpeq_epi8(v, _mm_set1_epi8(b'@' as i8)));
-                high = _mm_or_si128(high, v);
-                steps += 1;
-                if steps == 255 {
-                    digits += sum(per_lane);
-                    (per_lane, steps) = (zero, 0);
+            }
+        }
+
+        /// The lanes of `v` that `keep` (0xff or 0 per lane) keeps.
+        #[inline(always)]
+        fn add(&mut self, v: __m128i, keep: __m128i) {
+            // SAFETY: SSE2 is in the x86-64 baseline; these work on registers only.
+            unsafe {
+                self.per_lane = _mm_sub_epi8(self.per_lane, _mm_and_si128(digit_lanes(v), keep));
+                let at = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'@' as i8));
+                self.at = _mm_or_si128(self.at, _mm_and_si128(at, keep));
+                self.high = _mm_or_si128(self.high, _mm_and_si128(v, keep));
+            }
+            self.steps += 1;
+            if self.steps == 255 {
+                self.digits += Self::sum(self.per_lane);
+                // SAFETY: as above.
+                self.per_lane = unsafe { _mm_setzero_si128() };
+                self.steps = 0;
+            }
+        }
+
+        #[inline(always)]
+        fn counts(&self) -> Counts {
+            // SAFETY: SSE2 is in the x86-64 baseline; these work on registers only.
+            unsafe {
+                Counts {
+                    digits: self.digits + Self::sum(self.per_lane),
+                    at: _mm_movemask_epi8(self.at) != 0,
+                    ascii: _mm_movemask_epi8(self.high) == 0,
                 }
-            });
-            Counts {
-                digits: digits + sum(per_lane),
-                at: _mm_movemask_epi8(at) != 0,
-                ascii: _mm_movemask_epi8(high) == 0,
             }
         }
     }
