@@ -137,7 +137,7 @@ impl Detectors {
                 ascii,
             } = c;
             if self.refuses(&c) {
-                // Fewer than 8 digits in all: no run can hold a numeric match.
+                // Fewer than 8 digits in all (no run can hold a numeric match), no `@`.
                 return None;
             }
             // Every built-in numeric match lies within one run of digits and the separators

@@ -36,15 +36,15 @@ pub(super) use portable::{counts, digit_runs};
 mod sse2 {
     use super::{Counts, Runs};
     use std::arch::x86_64::{
-        __m128i, _mm_and_si128, _mm_cmpeq_epi8, _mm_cvtsi128_si64, _mm_loadu_si128, _mm_max_epu8,
-        _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128, _mm_sad_epu8, _mm_set1_epi8, _mm_set_epi64x,
+        __m128i, _mm_and_si128, _mm_cmpeq_epi8, _mm_cvtsi128_si64, _mm_loadu_si128, _mm_min_epu8,
+        _mm_movemask_epi8, _mm_or_si128, _mm_sad_epu8, _mm_set1_epi8, _mm_set_epi64x,
         _mm_setzero_si128, _mm_srli_si128, _mm_sub_epi8,
     };
 
     /// The string's bytes 16 at a time; the last chunk is zero-padded (a zero byte is no
     /// digit, separator, `@` or non-ASCII byte, so padding changes no measure).
     #[inline(always)]
-    pub(in super::super) fn for_chunks(b: &[u8], mut f: impl FnMut(__m128i)) {
+    fn for_chunks(b: &[u8], mut f: impl FnMut(__m128i)) {
         let mut chunks = b.chunks_exact(16);
         for c in &mut chunks {
             // SAFETY: SSE2 is in the x86-64 baseline; the load reads exactly the 16 bytes
@@ -85,32 +85,43 @@ mod sse2 {
         unsafe { _mm_set_epi64x((v >> 64) as i64, v as i64) }
     }
 
+    /// The 16 bytes at `from` (`from` < `b.len()`; fewer at the end, zero-padded).
+    #[inline(always)]
+    fn load16(b: &[u8], from: usize) -> __m128i {
+        match b.get(from..from + 16) {
+            // SAFETY: SSE2 is in the x86-64 baseline; the load reads exactly these 16 bytes
+            // and needs no alignment.
+            Some(c) => unsafe { _mm_loadu_si128(c.as_ptr().cast::<__m128i>()) },
+            None => padded(&b[from..]),
+        }
+    }
+
+    /// 0xff in the lanes of `v` from `lo` to `lo + span`.
+    #[inline(always)]
+    fn range_lanes(v: __m128i, lo: u8, span: u8) -> __m128i {
+        // SAFETY: SSE2 is in the x86-64 baseline; these work on registers only.
+        unsafe {
+            // v - lo wraps everything below `lo` high: the range is exactly the lanes <= span.
+            let t = _mm_sub_epi8(v, _mm_set1_epi8(lo as i8));
+            _mm_cmpeq_epi8(_mm_min_epu8(t, _mm_set1_epi8(span as i8)), t)
+        }
+    }
+
     /// 0xff in the lanes of `v` that hold an ASCII digit.
     #[inline(always)]
     fn digit_lanes(v: __m128i) -> __m128i {
-        // SAFETY: SSE2 is in the x86-64 baseline; these work on registers only.
-        unsafe {
-            // v - '0' wraps everything below '0' high: digits are exactly the lanes <= 9.
-            let t = _mm_sub_epi8(v, _mm_set1_epi8(b'0' as i8));
-            _mm_cmpeq_epi8(_mm_min_epu8(t, _mm_set1_epi8(9)), t)
-        }
+        range_lanes(v, b'0', 9)
     }
 
     /// Bit i: byte i of the 16 at `from` (fewer at the end) may start a phone number (`+`,
     /// `(` or a digit 1-9).
     #[inline(always)]
     pub(in super::super) fn phone_starts16(b: &[u8], from: usize) -> u32 {
-        let v = match b.get(from..from + 16) {
-            // SAFETY: SSE2 is in the x86-64 baseline; the load reads exactly these 16 bytes.
-            Some(c) => unsafe { _mm_loadu_si128(c.as_ptr().cast::<__m128i>()) },
-            None => padded(&b[from..]),
-        };
+        let v = load16(b, from);
         // SAFETY: SSE2 is in the x86-64 baseline; these work on registers only.
         unsafe {
-            let t = _mm_sub_epi8(v, _mm_set1_epi8(b'1' as i8));
-            let nonzero_digit = _mm_cmpeq_epi8(_mm_min_epu8(t, _mm_set1_epi8(8)), t);
             let is = |c: u8| _mm_cmpeq_epi8(v, _mm_set1_epi8(c as i8));
-            let m = _mm_or_si128(nonzero_digit, _mm_or_si128(is(b'+'), is(b'(')));
+            let m = _mm_or_si128(range_lanes(v, b'1', 8), _mm_or_si128(is(b'+'), is(b'(')));
             _mm_movemask_epi8(m) as u32
         }
     }
@@ -118,11 +129,7 @@ mod sse2 {
     /// Bit i: byte i of the 16 at `from` (fewer at the end) is `c`.
     #[inline(always)]
     pub(in super::super) fn bytes16(b: &[u8], from: usize, c: u8) -> u32 {
-        let v = match b.get(from..from + 16) {
-            // SAFETY: SSE2 is in the x86-64 baseline; the load reads exactly these 16 bytes.
-            Some(c) => unsafe { _mm_loadu_si128(c.as_ptr().cast::<__m128i>()) },
-            None => padded(&b[from..]),
-        };
+        let v = load16(b, from);
         // SAFETY: SSE2 is in the x86-64 baseline; these work on registers only. A zero
         // `c` would also flag the padding: no caller asks for one.
         unsafe { _mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8(c as i8))) as u32 }
@@ -150,25 +157,22 @@ mod sse2 {
         let mut t = Tally::new();
         let mut j = from;
         loop {
-            // SAFETY (the loads): SSE2 is in the x86-64 baseline; each reads exactly 16 bytes
-            // of the text or of `LANES` (at most 16 from its start).
-            let v = match b.get(j..j + 16) {
-                Some(chunk) => unsafe { _mm_loadu_si128(chunk.as_ptr().cast::<__m128i>()) },
-                None if j < b.len() => padded(&b[j..]),
-                None => return Err(()),
-            };
+            if j >= b.len() {
+                return Err(());
+            }
+            let v = load16(b, j);
+            // Quotes, backslashes and control bytes (the zero padding past the text's end
+            // too: a string it reaches is unterminated).
             // SAFETY: SSE2 is in the x86-64 baseline; these work on registers only.
             let special = unsafe {
                 let is = |c: u8| _mm_cmpeq_epi8(v, _mm_set1_epi8(c as i8));
-                // Unsigned v <= 0x1f exactly when max(v, 0x1f) == 0x1f (the zero padding
-                // past the text's end too: a string it reaches is unterminated).
-                let limit = _mm_set1_epi8(0x1f);
-                let control = _mm_cmpeq_epi8(_mm_max_epu8(v, limit), limit);
+                let control = range_lanes(v, 0, 0x1f);
                 _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(is(b'"'), is(b'\\')), control)) as u32
             };
             // The lanes before the first special byte (all 16 when there is none).
             let first = special.trailing_zeros().min(16) as usize;
-            // SAFETY: as for the loads above (16 bytes of `LANES` from at most its 16th).
+            // SAFETY: SSE2 is in the x86-64 baseline; the load reads 16 bytes of `LANES`
+            // from at most its 16th.
             let keep = unsafe { _mm_loadu_si128(LANES[16 - first..].as_ptr().cast::<__m128i>()) };
             t.add(v, keep);
             if special != 0 {
