@@ -383,6 +383,8 @@ pub struct Pseudonymizer {
     inner: [u32; 8],
     outer: [u32; 8],
     keyid: String,
+    /// `pse:<keyid>:`
+    head: String,
 }
 
 /// SHA-256's initial state (FIPS 180-4, 5.3.3).
@@ -431,6 +433,26 @@ impl std::fmt::Debug for Pseudonymizer {
 
 pub const TOKEN_B64_LEN: usize = 22;
 
+/// The longest value `Pseudonymizer::pipelined` takes: its padding and length fit one block.
+pub(crate) const PIPELINED_MAX: usize = 55;
+
+/// The outer hash's one block for a value: its inner digest, padded (HMAC's outer message
+/// is 64 + 32 bytes long).
+#[derive(Clone, Copy)]
+pub(crate) struct Outer([u8; 64]);
+
+impl Outer {
+    fn of(inner: &[u32; 8]) -> Outer {
+        let mut b = [0u8; 64];
+        for (o, w) in b.chunks_exact_mut(4).zip(inner) {
+            o.copy_from_slice(&w.to_be_bytes());
+        }
+        b[32] = 0x80;
+        b[56..].copy_from_slice(&((96u64) * 8).to_be_bytes());
+        Outer(b)
+    }
+}
+
 /// base64url without padding (RFC 4648, 5) of a 16-byte tag, written out: the `base64`
 /// crate's general engine spent about 220 instructions on these 22 characters (callgrind),
 /// 2% of masking the example set's 64 KB list.
@@ -472,6 +494,7 @@ impl Pseudonymizer {
         Pseudonymizer {
             inner: absorb(0x36),
             outer: absorb(0x5c),
+            head: format!("pse:{keyid}:"),
             keyid,
         }
     }
@@ -495,6 +518,45 @@ impl Pseudonymizer {
         out.push(':');
         let b64 = base64url16(tag[..16].try_into().expect("16 bytes"));
         out.push_str(std::str::from_utf8(&b64).expect("base64 is ASCII"));
+    }
+
+    /// `pse:<keyid>:`, what every token begins with.
+    pub(crate) fn token_head(&self) -> &[u8] {
+        self.head.as_bytes()
+    }
+
+    /// The inner hash of `value` (at most `PIPELINED_MAX` bytes: one block after the key's)
+    /// and the outer hash of an earlier value's `Outer`, in one go. The two compressions
+    /// do not depend on each other, so the core runs them side by side; one token alone
+    /// waits for its inner hash before its outer one can start (SHA-NI is latency-bound
+    /// there: ~36 ns a compression against ~27 ns for two independent ones).
+    #[inline]
+    pub(crate) fn pipelined(
+        &self,
+        value: &[u8],
+        earlier: Option<&Outer>,
+    ) -> (Outer, Option<[u8; TOKEN_B64_LEN]>) {
+        debug_assert!(value.len() <= PIPELINED_MAX);
+        let mut block = [0u8; 64];
+        block[..value.len()].copy_from_slice(value);
+        block[value.len()] = 0x80;
+        block[56..].copy_from_slice(&(((64 + value.len()) as u64) * 8).to_be_bytes());
+        let mut inner = self.inner;
+        sha2::block_api::compress256(&mut inner, &[block]);
+        let tag = earlier.map(|o| self.outer_tag(o));
+        (Outer::of(&inner), tag)
+    }
+
+    /// The base64url tag of a value whose inner hash `o` holds.
+    #[inline]
+    pub(crate) fn outer_tag(&self, o: &Outer) -> [u8; TOKEN_B64_LEN] {
+        let mut outer = self.outer;
+        sha2::block_api::compress256(&mut outer, &[o.0]);
+        let mut tag = [0u8; 16];
+        for (t, w) in tag.chunks_exact_mut(4).zip(&outer[..4]) {
+            t.copy_from_slice(&w.to_be_bytes());
+        }
+        base64url16(&tag)
     }
 
     /// True if `s` is exactly a token under this key id (left as is, which
@@ -711,6 +773,38 @@ mod tests {
         }
         assert_eq!(super::zip3_str("03601").as_deref(), Some("000**"));
         assert_eq!(super::zip3_str("03701").as_deref(), Some("037**"));
+    }
+}
+
+#[cfg(test)]
+mod pipeline_tests {
+    use super::{Pseudonymizer, PIPELINED_MAX};
+
+    #[test]
+    fn pipelined_tags_are_the_tokens_tags() {
+        // Every length the pipeline takes, each hashed beside the one before it, across the
+        // one-block padding edge (55 bytes).
+        for key in [&b"k"[..], &[7u8; 64][..], &[9u8; 100][..]] {
+            let p = Pseudonymizer::new(key);
+            let head = String::from_utf8(p.token_head().to_vec()).unwrap();
+            let values: Vec<Vec<u8>> = (0..=PIPELINED_MAX)
+                .map(|n| (0..n).map(|i| (i * 7 + n) as u8 % 95 + 32).collect())
+                .collect();
+            let mut earlier = None;
+            let mut tags = Vec::new();
+            for v in &values {
+                let (outer, tag) = p.pipelined(v, earlier.as_ref());
+                tags.extend(tag);
+                earlier = Some(outer);
+            }
+            tags.push(p.outer_tag(&earlier.unwrap()));
+            assert_eq!(tags.len(), values.len());
+            for (v, tag) in values.iter().zip(&tags) {
+                let want = p.token(std::str::from_utf8(v).unwrap());
+                let got = format!("{head}{}", std::str::from_utf8(tag).unwrap());
+                assert_eq!(got, want, "{} bytes", v.len());
+            }
+        }
     }
 }
 

@@ -15,7 +15,7 @@
 //! JSON, nesting near the limits — makes this pass give up (`None`), and the caller masks
 //! with the tree walk, which also produces the exact error.
 
-use super::actions::StrResult;
+use super::actions::{Action, Outer, StrResult, PIPELINED_MAX, TOKEN_B64_LEN};
 use super::dfa::{name_hash, same, Dfa};
 use super::path::{plain_name, push_index, push_name};
 use super::{FieldSet, MaskReport};
@@ -258,6 +258,9 @@ struct Stream<'s, 'r, 'a> {
     memo: KeyMemo<'a>,
     /// Results of value transforms (reused: no allocation per masked field).
     buf: String,
+    /// The last pseudonym written, still a placeholder: where its tag goes in `out`, and
+    /// its outer block, hashed beside the next value's inner one (`Pseudonymizer::pipelined`).
+    pending: Option<(usize, Outer)>,
     detect: bool,
     /// The whole text is ASCII (checked as it arrived): no value needs its own check.
     ascii: bool,
@@ -308,6 +311,7 @@ pub(super) fn mask(
         names: Vec::new(),
         memo: KeyMemo::new(text.len(), !set.keys.is_empty()),
         buf: String::new(),
+        pending: None,
         detect: !set.detectors.is_empty(),
         ascii,
         max_depth: max_depth.min(MAX_STREAM_DEPTH),
@@ -317,11 +321,13 @@ pub(super) fn mask(
     if removed {
         // Removing the root is impossible; it becomes null (as the tree walk does).
         s.out.clear();
+        s.pending = None;
         s.out.extend_from_slice(b"null");
         s.copied = s.i;
     }
     s.ws();
     s.flush_to(s.i);
+    s.finish_pseudonym();
     (s.i == s.b.len()).then_some(s.out)
 }
 
@@ -505,6 +511,11 @@ impl<'a> Stream<'_, '_, 'a> {
 
     /// Drops the member / element begun at `m` (everything up to `self.i`).
     fn drop_since(&mut self, m: &Mark) {
+        // A removed value is never walked, so no pseudonym lies in it; were one there, its
+        // tag must not be written over what comes next.
+        if self.pending.is_some_and(|(at, _)| at >= m.out) {
+            self.pending = None;
+        }
         self.out.truncate(m.out);
         self.copied = m.copied;
         self.flush_to(m.cut);
@@ -745,6 +756,11 @@ impl<'a> Stream<'_, '_, 'a> {
                     return Ok(false);
                 }
                 let (s0, s1) = (start + 1, end - 1);
+                if matches!(info.action, Action::Pseudonymize) && self.pseudonym(s0, s1) {
+                    self.copied = self.i;
+                    self.note_masked();
+                    return Ok(false);
+                }
                 let direct = match info.direct_mask {
                     // A `mask` writes an ASCII string itself (a body known to be ASCII needs
                     // no look at each value); any other string goes to `selected_other`,
@@ -767,6 +783,44 @@ impl<'a> Stream<'_, '_, 'a> {
             self.i = start;
         }
         self.selected_other(rule, depth)
+    }
+
+    /// A plain string's pseudonym (the output flushed up to it), written with a placeholder
+    /// tag that the next pseudonym's hashing (or the document's end) fills in. False: not
+    /// this way (no key, an existing token or `[REDACTED]` left as is, a value longer than
+    /// one block); `selected_other` then does what `apply_str` says.
+    #[inline]
+    fn pseudonym(&mut self, s0: usize, s1: usize) -> bool {
+        let Some(p) = self.set.pseudonymizer.as_deref() else {
+            return false;
+        };
+        let v = &self.text[s0..s1];
+        if v.len() > PIPELINED_MAX || v == super::REDACTED || p.is_token(v) {
+            return false;
+        }
+        let (outer, earlier) = p.pipelined(v.as_bytes(), self.pending.as_ref().map(|x| &x.1));
+        if let (Some(tag), Some((at, _))) = (earlier, self.pending) {
+            self.out[at..at + TOKEN_B64_LEN].copy_from_slice(&tag);
+        }
+        self.out.push(b'"');
+        self.out.extend_from_slice(p.token_head());
+        let at = self.out.len();
+        self.out.extend_from_slice(&[b'_'; TOKEN_B64_LEN]);
+        self.out.push(b'"');
+        self.pending = Some((at, outer));
+        true
+    }
+
+    /// Fills in the last placeholder tag.
+    fn finish_pseudonym(&mut self) {
+        if let Some((at, outer)) = self.pending.take() {
+            let p = self
+                .set
+                .pseudonymizer
+                .as_deref()
+                .expect("pending only with a key");
+            self.out[at..at + TOKEN_B64_LEN].copy_from_slice(&p.outer_tag(&outer));
+        }
     }
 
     /// `selected` for everything but its two common cases: scalars are transformed
@@ -1562,6 +1616,54 @@ sets:
         // Compares with the tree walk (cfg(test)), or produces the tree walk's error.
         let _ = s.mask_document(doc.as_bytes(), 128);
         streamed
+    }
+
+    #[test]
+    fn pseudonyms_are_filled_in_across_values_removals_and_the_end() {
+        // Each pseudonym's tag is written when the next one is hashed, or at the end: every
+        // tag must land in its own place whatever lies between (removed members, removed
+        // elements, values left as they are, values too long for the pipeline).
+        let p = super::super::Pseudonymizer::new(b"k");
+        let token = p.token("kept@x.example");
+        let mut members = Vec::new();
+        for n in 0..=70usize {
+            let v: String = (0..n).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+            members.push(format!(r#"{{"pse":"{v}","rm":"{v}","k":{n}}}"#));
+            match n % 5 {
+                0 => members.push(r#"{"pse":"a@b","rm":1}"#.into()),
+                1 => members.push(format!(r#"{{"rm":{{"pse":"{v}"}},"pse":"{token}"}}"#)),
+                2 => members.push(r#"{"pse":"[REDACTED]","x":[{"pse":"in array"}]}"#.into()),
+                3 => members.push(r#"{"pse":{"a":"container"},"pse2":"x"}"#.into()),
+                _ => {}
+            }
+        }
+        let doc = format!("[{}]", members.join(","));
+        let out = masked("actions", &doc);
+        assert_eq!(out, tree_only("actions", &doc).0);
+        assert!(!out.contains("______"), "a placeholder tag was left");
+        assert!(out.ends_with(r#"}]"#));
+        // The last value of a document is a pseudonym: only the end fills it in.
+        for doc in [r#"{"pse":"last@x.example"}"#, r#"[{"rm":1},{"pse":"e"}]"#] {
+            let out = masked("actions", doc);
+            assert_eq!(out, tree_only("actions", doc).0);
+            assert!(out.contains(&p.token(if doc.contains("last") {
+                "last@x.example"
+            } else {
+                "e"
+            })));
+        }
+        // The patient set removes each record's `name` right after its email.
+        let rec =
+            |i: usize| format!(r#"{{"email":"p{i}@x.example","name":{{"first":"N"}},"list":[1]}}"#);
+        let doc = format!("[{}]", (0..40).map(rec).collect::<Vec<_>>().join(","));
+        let out = masked("patient", &doc);
+        assert_eq!(out, tree_only("patient", &doc).0);
+        for i in 0..40 {
+            assert!(
+                out.contains(&p.token(&format!("p{i}@x.example"))),
+                "record {i}"
+            );
+        }
     }
 
     #[test]
