@@ -18,7 +18,7 @@
 use super::actions::REDACTED;
 use super::finders;
 pub(crate) use super::measure::Counts;
-use super::measure::{counts, digit_runs, Runs};
+use super::measure::{counts, date_or_utc_time, digit_runs, Runs};
 use crate::per_thread::PerThread;
 use regex::Regex;
 use std::ops::Range;
@@ -128,6 +128,13 @@ impl Detectors {
     /// `scrub`, with the counts of `s` already taken (by the masker, as it scanned the
     /// string).
     pub(crate) fn scrub_counted(&self, s: &str, c: Counts) -> Option<String> {
+        let mut out = String::new();
+        self.scrub_counted_into(s, c, &mut out).then_some(out)
+    }
+
+    /// `scrub_counted` into `out` (its allocation reused: the masker keeps one for every
+    /// string of a document); true if anything matched, and `out` then holds the result.
+    pub(crate) fn scrub_counted_into(&self, s: &str, c: Counts, out: &mut String) -> bool {
         let (card, ssn, phone, at, ascii) = if self.custom {
             (true, true, true, true, c.ascii)
         } else {
@@ -138,7 +145,11 @@ impl Detectors {
             } = c;
             if self.refuses(&c) {
                 // Fewer than 8 digits in all (no run can hold a numeric match), no `@`.
-                return None;
+                return false;
+            }
+            if !at && date_or_utc_time(s.as_bytes()) {
+                // Runs of 8 digits at most, no `+` (nor `@`): nothing to measure or search.
+                return false;
             }
             // Every built-in numeric match lies within one run of digits and the separators
             // they allow (` .-()+`): count digits per such run, not per string, so dates and
@@ -165,28 +176,35 @@ impl Detectors {
             )
         };
         if !card && !ssn && !phone && !at {
-            return None;
+            return false;
         }
-        let mut cur: Option<String> = None;
+        // The first detector that matches writes into `out`; a later one reads `out` and
+        // writes into `next` (allocated only then), which is swapped in.
+        let (mut found, mut next) = (false, String::new());
         for d in &self.list {
-            let hay = cur.as_deref().unwrap_or(s);
-            let out = match d {
-                Detector::CreditCard if card => replace_regex(CARD.get(), hay, card_ok),
-                Detector::Ssn if ssn => replace_regex(SSN.get(), hay, ssn_ok),
+            let (hay, into) = if found {
+                (out.as_str(), &mut next)
+            } else {
+                (s, &mut *out)
+            };
+            let hit = match d {
+                Detector::CreditCard if card => replace_regex(CARD.get(), hay, card_ok, into),
+                Detector::Ssn if ssn => replace_regex(SSN.get(), hay, ssn_ok, into),
                 Detector::Phone if phone => {
-                    replace_found(&PHONE, finders::phone, ascii, hay, phone_ok)
+                    replace_found(&PHONE, finders::phone, ascii, hay, phone_ok, into)
                 }
                 Detector::Email if at => {
-                    replace_found(&EMAIL, finders::email, ascii, hay, |_, _| true)
+                    replace_found(&EMAIL, finders::email, ascii, hay, |_, _| true, into)
                 }
-                Detector::Custom(re) => replace_regex(re.get(), hay, |_, _| true),
-                _ => None,
+                Detector::Custom(re) => replace_regex(re.get(), hay, |_, _| true, into),
+                _ => false,
             };
-            if out.is_some() {
-                cur = out;
+            if hit && found {
+                std::mem::swap(out, &mut next);
             }
+            found |= hit;
         }
-        cur
+        found
     }
 }
 
@@ -210,37 +228,50 @@ fn replace_found(
     ascii: bool,
     s: &str,
     ok: impl Fn(&str, Range<usize>) -> bool,
-) -> Option<String> {
+    out: &mut String,
+) -> bool {
     if ascii {
-        replace_valid(finders::all(s.as_bytes(), find), s, ok)
+        replace_valid(finders::all(s.as_bytes(), find), s, ok, out)
     } else {
-        replace_valid(re.get().find_iter(s).map(|m| m.range()), s, ok)
+        replace_valid(re.get().find_iter(s).map(|m| m.range()), s, ok, out)
     }
 }
 
-fn replace_regex(re: &Regex, s: &str, ok: impl Fn(&str, Range<usize>) -> bool) -> Option<String> {
-    replace_valid(re.find_iter(s).map(|m| m.range()), s, ok)
+fn replace_regex(
+    re: &Regex,
+    s: &str,
+    ok: impl Fn(&str, Range<usize>) -> bool,
+    out: &mut String,
+) -> bool {
+    replace_valid(re.find_iter(s).map(|m| m.range()), s, ok, out)
 }
 
+/// `s` with its valid matches replaced, in `out` (cleared first); false: none was valid
+/// (and `out` is left alone).
 fn replace_valid(
     matches: impl Iterator<Item = Range<usize>>,
     s: &str,
     ok: impl Fn(&str, Range<usize>) -> bool,
-) -> Option<String> {
-    let mut out: Option<String> = None;
+    out: &mut String,
+) -> bool {
+    let mut found = false;
     let mut last = 0;
     for m in matches {
         if m.is_empty() || !ok(s, m.clone()) {
             continue;
         }
-        let o = out.get_or_insert_with(|| String::with_capacity(s.len()));
-        o.push_str(&s[last..m.start]);
-        o.push_str(REDACTED);
+        if !found {
+            out.clear();
+            found = true;
+        }
+        out.push_str(&s[last..m.start]);
+        out.push_str(REDACTED);
         last = m.end;
     }
-    let mut o = out?;
-    o.push_str(&s[last..]);
-    Some(o)
+    if found {
+        out.push_str(&s[last..]);
+    }
+    found
 }
 
 /// Rejects candidates that are part of a longer number: `1.123456789`,

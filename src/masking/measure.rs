@@ -26,6 +26,40 @@ pub(crate) struct Counts {
     pub ascii: bool,
 }
 
+/// `YYYY-MM-DD`, alone or followed by `THH:MM:SS`, at most six fraction digits after a
+/// `.`, and an optional `Z`: the commonest digit-heavy strings of API payloads (every
+/// record's `created_at`). Such a string holds no `+`, and its longest run of digits and
+/// the numeric detectors' separators is the date's 8 digits (`T` and `:` end runs; a
+/// fraction of at most six digits joins the seconds' two): no numeric detector can match
+/// it, so it needs no `digit_runs`.
+pub(super) fn date_or_utc_time(b: &[u8]) -> bool {
+    let d = |i: usize| b[i].is_ascii_digit();
+    if b.len() < 10 || b[4] != b'-' || b[7] != b'-' || !(d(0) && d(1) && d(2) && d(3)) {
+        return false;
+    }
+    if !(d(5) && d(6) && d(8) && d(9)) {
+        return false;
+    }
+    if b.len() == 10 {
+        return true;
+    }
+    if b.len() < 19 || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+        return false;
+    }
+    if !(d(11) && d(12) && d(14) && d(15) && d(17) && d(18)) {
+        return false;
+    }
+    let mut rest = &b[19..];
+    if let [b'.', frac @ ..] = rest {
+        let n = frac.iter().take_while(|c| c.is_ascii_digit()).count();
+        if n == 0 || n > 6 {
+            return false;
+        }
+        rest = &frac[n..];
+    }
+    matches!(rest, [] | [b'Z'])
+}
+
 #[cfg(target_arch = "x86_64")]
 pub(super) use sse2::{bytes16, counts, digit_runs, phone_starts16, string_counts};
 
@@ -538,6 +572,62 @@ mod tests {
             let want = naive(text.as_bytes(), 1);
             assert_eq!(string_counts(text.as_bytes(), 1), want);
             assert_eq!(want.unwrap().unwrap().1.digits, 5000);
+        }
+    }
+
+    #[test]
+    fn dates_and_utc_times_hold_no_numeric_detector_match() {
+        // What the shortcut assumes of every string it takes (runs of 8 digits at most, no
+        // `+`), on the shapes it takes, their variants and every one-byte change of them.
+        let mut cases: Vec<Vec<u8>> = Vec::new();
+        for frac in 0..=9 {
+            let f = if frac == 0 {
+                String::new()
+            } else {
+                format!(".{}", &"987654321"[..frac])
+            };
+            for tail in ["", "Z", "z", "+05:00", "-05:00", " ", "Z ", "Z1", "ZZ"] {
+                for t in ["T", " ", "t", "T1"] {
+                    cases.push(format!("2015-12-05{t}16:16:24{f}{tail}").into_bytes());
+                }
+            }
+        }
+        cases.push(b"2015-12-05".to_vec());
+        cases.push(b"2015-12-051".to_vec());
+        let base = cases.clone();
+        for c in &base {
+            for i in 0..c.len() {
+                for v in [b'0', b'9', b'-', b'+', b' ', b'.', b'T', b':', b'@', b'a'] {
+                    let mut m = c.clone();
+                    m[i] = v;
+                    cases.push(m);
+                }
+            }
+        }
+        let mut taken = 0;
+        for c in &cases {
+            if super::date_or_utc_time(c) {
+                let r = digit_runs(c);
+                assert!(r.longest <= 8 && !r.plus && !c.contains(&b'@'), "{c:?}");
+                taken += 1;
+            }
+        }
+        assert!(taken > 500, "{taken}");
+        for yes in [
+            "2015-12-05",
+            "2015-12-05T16:16:24Z",
+            "2015-12-05T16:16:24.123456",
+        ] {
+            assert!(super::date_or_utc_time(yes.as_bytes()), "{yes}");
+        }
+        for no in [
+            "2015-12-05 16:16:24", // the space joins the date and the hour: 10 digits
+            "2015-12-05T16:16:24.1234567", // a 9-digit run
+            "2015-12-05T16:16:24+05:00", // a `+`
+            "2015-12-05T16:16:24.Z",
+            "2015-12-0",
+        ] {
+            assert!(!super::date_or_utc_time(no.as_bytes()), "{no}");
         }
     }
 

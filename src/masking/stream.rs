@@ -1084,14 +1084,15 @@ impl<'a> Stream<'_, '_, 'a> {
         };
         let set = self.set;
         if self.detect && !set.pseudonymizer.as_deref().is_some_and(|p| p.is_token(s)) {
-            let found = match c {
-                Some(c) => set.detectors.scrub_counted(s, c),
-                None => set.detectors.scrub(s),
-            };
-            if let Some(new) = found {
+            let c = c.unwrap_or_else(|| super::measure::counts(s.as_bytes()));
+            let mut buf = std::mem::take(&mut self.buf);
+            if set.detectors.scrub_counted_into(s, c, &mut buf) {
                 self.note_masked();
-                return self.replace(start, |o| write_json_str(o, &new)).map(|_| ());
+                let r = self.replace(start, |o| write_json_str(o, &buf)).map(|_| ());
+                self.buf = buf;
+                return r;
             }
+            self.buf = buf;
         }
         if escaped {
             self.replace(start, |o| write_json_str(o, s))?;
