@@ -103,6 +103,11 @@ impl RequestRecord<'_> {
         }
         out.extend_from_slice(b",\"masked_paths\":");
         match self.masked_paths {
+            // Paths seldom hold a quote, backslash or control character: one search over
+            // all of them, not one per path (200 calls per masked patient list).
+            Some(paths) if !crate::masking::needs_escape(paths.joined().as_bytes()) => {
+                json_list(out, paths.iter(), json_plain)
+            }
             Some(paths) => json_list(out, paths.iter(), json_str),
             None => out.extend_from_slice(b"null"),
         }
@@ -163,7 +168,8 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// A string that never needs escaping: the gateway's own words (record type, decision,
-/// reason, data access level) and HTTP methods (tokens: no quote, backslash or control).
+/// reason, data access level), HTTP methods (tokens: no quote, backslash or control), and
+/// masked paths already searched for escapes.
 fn json_plain(out: &mut Vec<u8>, s: &str) {
     debug_assert!(!crate::masking::needs_escape(s.as_bytes()), "{s:?}");
     out.reserve(s.len() + 2);
@@ -757,7 +763,6 @@ mod tests {
                 phi: false,
             },
         ];
-        let paths: crate::masking::Paths = ["$['patients'][0]['ssn']", odd].into_iter().collect();
         // Each character that needs escaping on its own, then none that does.
         let texts = [
             "a\"b",
@@ -772,6 +777,9 @@ mod tests {
         let rendered = super::granted_by_json(&verdicts);
         let cases = texts.iter().flat_map(|t| [(*t, true), (*t, false)]);
         for ((text, full), pre) in cases.flat_map(|c| [(c, false), (c, true)]) {
+            // Paths that need no escape at all, and one that does (the text's own).
+            let paths: crate::masking::Paths =
+                ["$['patients'][0]['ssn']", text].into_iter().collect();
             let rec = super::RequestRecord {
                 kind: "request",
                 ts: super::Timestamp(super::rfc3339_bytes(1_796_486_400 + 57_600, 123)),

@@ -126,6 +126,11 @@ impl Paths {
         self.iter().any(|p| p == path)
     }
 
+    /// Every path, one after the other (to check them all for escapes in one pass).
+    pub fn joined(&self) -> &str {
+        &self.text
+    }
+
     /// Appends the path `render` appends to the buffer.
     #[inline]
     pub(crate) fn push_with(&mut self, render: impl FnOnce(&mut String)) {
