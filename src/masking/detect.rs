@@ -359,9 +359,7 @@ mod tests {
         for case in 0..20_000 {
             let mut text = String::new();
             for _ in 0..case % 41 {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
+                crate::masking::tests::xorshift(&mut seed);
                 let i = if seed % 2 == 0 {
                     (seed >> 8) % 10
                 } else {

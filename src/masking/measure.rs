@@ -542,9 +542,7 @@ mod tests {
             let from = text.len() + 1;
             text.push(b'"');
             for _ in 0..len {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
+                crate::masking::tests::xorshift(&mut seed);
                 // Mostly plain bytes, so that long strings form.
                 let i = if seed % 8 == 0 {
                     (seed >> 8) % 19
@@ -666,9 +664,7 @@ mod tests {
             let len = case % 151;
             let mut b = Vec::with_capacity(len);
             for _ in 0..len {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
+                crate::masking::tests::xorshift(&mut seed);
                 // Digits and separators most of the time, so long runs occur; fewer
                 // SSN shapes as strings grow longer.
                 let i = match (seed >> 4) % 8 {

@@ -15,7 +15,7 @@
 //! JSON, nesting near the limits — makes this pass give up (`None`), and the caller masks
 //! with the tree walk, which also produces the exact error.
 
-use super::actions::{Action, Outer, StrResult, PIPELINED_MAX, TOKEN_B64_LEN};
+use super::actions::{Action, Outer, StrResult, TOKEN_B64_LEN};
 use super::dfa::{name_hash, same, Dfa};
 use super::path::{plain_name, push_index, push_name};
 use super::{FieldSet, MaskReport};
@@ -787,15 +787,15 @@ impl<'a> Stream<'_, '_, 'a> {
 
     /// A plain string's pseudonym (the output flushed up to it), written with a placeholder
     /// tag that the next pseudonym's hashing (or the document's end) fills in. False: not
-    /// this way (no key, an existing token or `[REDACTED]` left as is, a value longer than
-    /// one block); `selected_other` then does what `apply_str` says.
+    /// this way (no key, an existing token or `[REDACTED]` left as is); `selected_other`
+    /// then does what `apply_str` says.
     #[inline]
     fn pseudonym(&mut self, s0: usize, s1: usize) -> bool {
         let Some(p) = self.set.pseudonymizer.as_deref() else {
             return false;
         };
         let v = &self.text[s0..s1];
-        if v.len() > PIPELINED_MAX || v == super::REDACTED || p.is_token(v) {
+        if v == super::REDACTED || p.is_token(v) {
             return false;
         }
         let (outer, earlier) = p.pipelined(v.as_bytes(), self.pending.as_ref().map(|x| &x.1));
@@ -1623,7 +1623,7 @@ sets:
     fn pseudonyms_are_filled_in_across_values_removals_and_the_end() {
         // Each pseudonym's tag is written when the next one is hashed, or at the end: every
         // tag must land in its own place whatever lies between (removed members, removed
-        // elements, values left as they are, values too long for the pipeline).
+        // elements, values left as they are, values of more than one block).
         let p = super::super::Pseudonymizer::new(b"k");
         let token = p.token("kept@x.example");
         let mut members = Vec::new();

@@ -10,6 +10,13 @@ use serde_json::{json, Value};
 
 const KEY: &str = "test-key-0123456789abcdef";
 
+/// The next state of a xorshift64 generator: the generated inputs of the masking tests.
+pub(super) fn xorshift(seed: &mut u64) {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+}
+
 const PATIENT_YAML: &str = r#"owner: dana@clinic.example              # must equal the DPO
 pseudonym_key_env: PHIGATE_PSEUDONYM_KEY
 sets:
