@@ -39,6 +39,33 @@ async fn upstream_slow_is_504() {
     assert_eq!(r.status, 200, "a fast request right after still works");
 }
 
+/// The upstream deadline is one timer a connection keeps from request to request (the
+/// test client reuses its connection): each request gets the whole timeout from its own
+/// start, also after an idle spell longer than the timeout (the kept timer fired while
+/// idle), and a slow request still times out after all that.
+#[tokio::test]
+async fn kept_upstream_timer_gives_each_request_its_own_deadline() {
+    let h = Harness::start_with(Options {
+        upstream_timeout: Duration::from_millis(400),
+        ..Options::default()
+    })
+    .await;
+    let dana = Some("dana@clinic.example");
+    let r = h.get_as(dana, "/api/reports").await;
+    assert_eq!(r.status, 200);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    // Past the first request's deadline, within its own.
+    let r = h.get_as(dana, "/api/reports?sleep_ms=250").await;
+    assert_eq!(r.status, 200, "a request within its own timeout");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let r = h.get_as(dana, "/api/reports").await;
+    assert_eq!(r.status, 200, "after an idle spell longer than the timeout");
+    let t = Instant::now();
+    let r = h.get_as(dana, "/api/reports?sleep_ms=3000").await;
+    assert_eq!(r.status, 504);
+    assert!(t.elapsed() < Duration::from_secs(2), "timed out promptly");
+}
+
 /// A gateway whose upstream is the TLS echo `upstream`, trusting `ca_pem`.
 async fn via_tls_upstream(
     upstream: &crate::support::Echo,

@@ -9,7 +9,10 @@
 //! gateway, the snapshot, a popular caller's identity) moved their reference counts between
 //! the two cores' caches on every request (benches/RESULTS.md).
 
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::time::{Instant, Sleep};
 
 use http::HeaderValue;
 
@@ -86,6 +89,10 @@ pub struct Connection {
     pub peer_ip: HeaderValue,
     rules: Mutex<Option<Arc<Pinned>>>,
     caller: Mutex<Option<Arc<Caller>>>,
+    /// The upstream deadline timer of the connection's last request, kept for the next:
+    /// moving a registered timer to a later deadline is one atomic store, where a new one
+    /// enters the runtime's timer wheel and leaves it again on every request.
+    timer: Mutex<Option<Pin<Box<Sleep>>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -99,7 +106,24 @@ impl Connection {
             peer_ip,
             rules: Mutex::new(None),
             caller: Mutex::new(None),
+            timer: Mutex::new(None),
         }
+    }
+
+    /// A timer that fires at `deadline`: the kept one if it is free (h2's concurrent
+    /// streams may find it taken), else a new one. Give it back with `give_timer`.
+    pub fn timer(&self, deadline: Instant) -> Pin<Box<Sleep>> {
+        match lock(&self.timer).take() {
+            Some(mut t) => {
+                t.as_mut().reset(deadline);
+                t
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        }
+    }
+
+    pub fn give_timer(&self, t: Pin<Box<Sleep>>) {
+        *lock(&self.timer) = Some(t);
     }
 
     /// The current snapshot, as this connection holds it: the one it already holds while no

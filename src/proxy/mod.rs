@@ -374,17 +374,26 @@ impl Gateway {
         *out.headers_mut() = headers;
         *out.version_mut() = Version::HTTP_11;
 
-        let sent = tokio::time::timeout(us.timeout, upstream.send(out, target)).await;
+        // The response head within the upstream timeout, counted from the request's start;
+        // a masked body within it again once the head is in.
+        let mut timer = conn.timer((ctx.started + us.timeout).into());
+        let sent = tokio::select! {
+            biased;
+            r = upstream.send(out, target) => Some(r),
+            _ = &mut timer => None,
+        };
         let (resp, lease) = match sent {
             _ if too_large.is_some_and(|f| f.load(Ordering::Relaxed)) => {
-                return Err(GatewayError::PayloadTooLarge)
+                conn.give_timer(timer);
+                return Err(GatewayError::PayloadTooLarge);
             }
-            Err(_) => return Err(GatewayError::UpstreamTimeout),
-            Ok(Err(e)) => {
+            None => return Err(GatewayError::UpstreamTimeout),
+            Some(Err(e)) => {
+                conn.give_timer(timer);
                 tracing::warn!(upstream = %us.name, error = %e, "upstream request failed");
                 return Err(GatewayError::UpstreamUnavailable);
             }
-            Ok(Ok(resp)) => resp,
+            Some(Ok(resp)) => resp,
         };
         ctx.upstream_status = Some(resp.status().as_u16());
         let (mut parts, body) = resp.into_parts();
@@ -393,6 +402,7 @@ impl Gateway {
         let resp = Response::from_parts(parts, body);
         match ctx.mask().cloned() {
             None => {
+                conn.give_timer(timer);
                 // Passed through as it streams: a failure after this point can only break
                 // the response (never complete it), and is audited on its own record.
                 // Through the connection: a clone of the gateway's own `Arc` would touch a
@@ -428,9 +438,15 @@ impl Gateway {
                 };
                 // The whole body must arrive within the upstream timeout to be masked.
                 // Boxed: kept out of the passthrough request's future (see `Upstream::send`).
-                let filtered = tokio::time::timeout(us.timeout, Box::pin(job.run(resp)))
-                    .await
-                    .map_err(|_| GatewayError::UpstreamTimeout)??;
+                timer
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + us.timeout);
+                let filtered = tokio::select! {
+                    biased;
+                    r = Box::pin(job.run(resp)) => r?,
+                    _ = &mut timer => return Err(GatewayError::UpstreamTimeout),
+                };
+                conn.give_timer(timer);
                 // `run` read the body to its end (or streams it: then it is not given back).
                 if let Some(l) = lease.filter(|_| filtered.body_read_whole) {
                     l.give_back();

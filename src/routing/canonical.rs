@@ -59,6 +59,74 @@ const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
 /// hex, repeated slashes are merged; dot segments, encoded `/` `\` `%`, controls, `;`, `\` and
 /// `#` are refused.
 pub fn canonical_path(raw: &str) -> Result<String, PathRejection> {
+    if is_canonical(raw.as_bytes()) {
+        return Ok(raw.to_owned());
+    }
+    canonical_path_slow(raw)
+}
+
+/// Bytes a canonical path carries as they are: RFC 3986 pchar without `%` and `;`
+/// (unreserved, the other sub-delims, `:` `@`), and `/`.
+const PLAIN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b'='
+                    | b':'
+                    | b'@'
+                    | b'/'
+            );
+        b += 1;
+    }
+    t
+};
+
+/// True when `raw` is its own canonical form: it starts with `/`, every byte is plain,
+/// and no segment is empty (but the last) or a dot segment. Most requests are, and then
+/// need no rewriting byte by byte; anything else takes the full path below.
+fn is_canonical(raw: &[u8]) -> bool {
+    if raw.first() != Some(&b'/') {
+        return false;
+    }
+    // Where the current segment began, just past its `/`.
+    let mut seg = 1;
+    for (i, &b) in raw.iter().enumerate().skip(1) {
+        if !PLAIN[b as usize] {
+            return false;
+        }
+        if b == b'/' {
+            if !plain_segment(&raw[seg..i]) {
+                return false;
+            }
+            seg = i + 1;
+        }
+    }
+    plain_segment(&raw[seg..]) || seg == raw.len()
+}
+
+/// A segment that needs nothing done: not empty, `.` or `..`.
+fn plain_segment(s: &[u8]) -> bool {
+    !matches!(s, b"" | b"." | b"..")
+}
+
+/// `canonical_path` for paths that need decoding, merging or refusing.
+fn canonical_path_slow(raw: &str) -> Result<String, PathRejection> {
     let bytes = raw.as_bytes();
     if bytes.first() != Some(&b'/') {
         return Err(PathRejection::NotOriginForm);
@@ -203,6 +271,25 @@ mod tests {
     }
 
     #[test]
+    fn shortcut_takes_canonical_paths_only() {
+        for p in [
+            "/",
+            "/a",
+            "/a/",
+            "/patients/small.json",
+            "/a:b@c!$&'()*+,=/.x/..y",
+        ] {
+            assert!(is_canonical(p.as_bytes()), "{p}");
+        }
+        for p in [
+            "", "a", "//", "/a//b", "/.", "/..", "/a/./b", "/a/../b", "/a/.", "/%41", "/a;b",
+            "/a b", "/é",
+        ] {
+            assert!(!is_canonical(p.as_bytes()), "{p}");
+        }
+    }
+
+    #[test]
     fn segments_of_paths() {
         assert_eq!(segments("/").count(), 0);
         assert_eq!(segments("/a/b").collect::<Vec<_>>(), ["a", "b"]);
@@ -225,6 +312,15 @@ mod tests {
                 // Canonicalisation is done once: applying it again changes nothing.
                 prop_assert_eq!(canonical_path(&c), Ok(c.clone()));
             }
+        }
+
+        /// The shortcut only ever takes paths the full canonicalisation leaves as they are.
+        #[test]
+        fn shortcut_agrees_with_the_full_path(raw in "/?[a-z./%;:@!~2-]{0,12}") {
+            if is_canonical(raw.as_bytes()) {
+                prop_assert_eq!(canonical_path_slow(&raw), Ok(raw.clone()));
+            }
+            prop_assert_eq!(canonical_path(&raw), canonical_path_slow(&raw));
         }
 
         #[test]

@@ -115,7 +115,9 @@ impl Methods {
 
 #[derive(Debug, Default)]
 struct Node {
-    literal: HashMap<String, Node>,
+    /// foldhash, not SipHash: the table is built from the rules and never grows from
+    /// requests, so a request's bytes cannot flood it; a lookup per segment per request.
+    literal: HashMap<String, Node, foldhash::fast::RandomState>,
     param: Option<Box<Node>>,
     /// Routes ending exactly here.
     end: Vec<(Methods, usize)>,
@@ -210,9 +212,29 @@ impl Matcher {
 
     /// Finds the route for a canonical path.
     pub fn find(&self, method: &Method, canonical: &str) -> RouteMatch {
-        let segs: Vec<&str> = segments(canonical).collect();
+        // The segments on the stack for the usual path depth, in a `Vec` beyond it.
+        const ON_STACK: usize = 16;
+        let mut few = [""; ON_STACK];
+        let mut n = 0;
+        let mut many = Vec::new();
+        for s in segments(canonical) {
+            if n < ON_STACK {
+                few[n] = s;
+                n += 1;
+            } else {
+                if many.is_empty() {
+                    many.extend_from_slice(&few);
+                }
+                many.push(s);
+            }
+        }
+        let segs = if many.is_empty() {
+            &few[..n]
+        } else {
+            &many[..]
+        };
         let mut allowed = Vec::new();
-        if let Some(id) = walk(&self.root, &segs, method, &mut allowed) {
+        if let Some(id) = walk(&self.root, segs, method, &mut allowed) {
             return RouteMatch::Found(id);
         }
         if let Some(set) = &self.regex_set {
@@ -351,6 +373,30 @@ mod tests {
         assert_eq!(m.find(&Method::GET, "/other"), RouteMatch::NotFound);
         assert_eq!(m.find(&Method::GET, "/api"), RouteMatch::NotFound);
         assert_eq!(m.find(&Method::GET, "/api/patients/"), RouteMatch::Found(0));
+    }
+
+    #[test]
+    fn deep_paths_match_past_the_stack_segments() {
+        // 16 segments fit on the stack; 17 and more take the `Vec`.
+        for depth in [15usize, 16, 17, 40] {
+            let deep: String = (0..depth).map(|i| format!("/s{i}")).collect();
+            let m = matcher(&[
+                ("exact", &deep, get()),
+                ("param", &format!("{deep}/{{id}}"), get()),
+                ("rest", "/s0/{p*}", get()),
+            ]);
+            assert_eq!(m.find(&Method::GET, &deep), RouteMatch::Found(0), "{depth}");
+            assert_eq!(
+                m.find(&Method::GET, &format!("{deep}/7")),
+                RouteMatch::Found(1)
+            );
+            assert_eq!(
+                m.find(&Method::GET, &format!("{deep}/7/8")),
+                RouteMatch::Found(2)
+            );
+            let other = deep.replace(&format!("/s{}", depth - 1), "/x");
+            assert_eq!(m.find(&Method::GET, &other), RouteMatch::Found(2));
+        }
     }
 
     #[test]

@@ -191,28 +191,36 @@ async fn drive<C>(
     if closing {
         conn.as_mut().graceful_shutdown();
     }
-    let mut check_at = tokio::time::Instant::now() + idle;
+    // One timer and one shutdown watch for the connection's life, not new ones at every
+    // wake-up of its task: a new `Sleep` registers in the timer wheel and leaves it again
+    // each time (several times per request), a kept one only when it fires.
+    let idle_check = tokio::time::sleep(idle);
+    tokio::pin!(idle_check);
+    let changed = shutdown.changed();
+    tokio::pin!(changed);
     loop {
         tokio::select! {
+            // The connection first: it is what wakes the task nearly every time.
+            biased;
             r = conn.as_mut() => {
                 if let Err(e) = r {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
                 break;
             }
-            _ = shutdown.changed(), if !closing => {
+            _ = &mut changed, if !closing => {
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = tokio::time::sleep_until(check_at), if !closing => {
+            _ = &mut idle_check, if !closing => {
                 match activity.idle_for() {
                     Some(quiet) if quiet >= idle => {
                         tracing::debug!(%peer, "idle timeout");
                         closing = true;
                         conn.as_mut().graceful_shutdown();
                     }
-                    Some(quiet) => check_at = tokio::time::Instant::now() + (idle - quiet),
-                    None => check_at = tokio::time::Instant::now() + idle,
+                    Some(quiet) => idle_check.as_mut().reset(tokio::time::Instant::now() + (idle - quiet)),
+                    None => idle_check.as_mut().reset(tokio::time::Instant::now() + idle),
                 }
             }
         }
