@@ -257,9 +257,16 @@ fn remove_where(h: &mut HeaderMap, drop: impl Fn(&str) -> bool) {
 /// hop-by-hop header, so listed hop-by-hop names (`keep-alive`, the usual one) are left to
 /// them: no name is parsed or looked up for those.
 fn remove_connection_listed(h: &mut HeaderMap) {
+    let values = h.get_all(header::CONNECTION);
+    // What nearly every message says: nothing to parse.
+    if values.iter().all(|v| {
+        let v = v.as_bytes();
+        v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close")
+    }) {
+        return;
+    }
     let mut listed = Doomed::default();
-    let tokens = h
-        .get_all(header::CONNECTION)
+    let tokens = values
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
@@ -316,6 +323,25 @@ mod tests {
         h.insert("accept", HeaderValue::from_static("*/*"));
         sanitize_request_headers(&mut h, false);
         assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["accept"]);
+    }
+
+    #[test]
+    fn a_listed_name_in_any_connection_value_is_stripped() {
+        // The plain `keep-alive` / `close` shortcut must look at every value.
+        for first in ["keep-alive", "Close", "KEEP-ALIVE"] {
+            let mut h = HeaderMap::new();
+            h.append("connection", HeaderValue::from_static(first));
+            h.append("connection", HeaderValue::from_static("x-secret"));
+            h.insert("x-secret", HeaderValue::from_static("1"));
+            h.insert("accept", HeaderValue::from_static("*/*"));
+            sanitize_response_headers(&mut h);
+            assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["accept"]);
+        }
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("Keep-Alive"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        sanitize_response_headers(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
     }
 
     #[test]
