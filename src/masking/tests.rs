@@ -801,6 +801,9 @@ fn detectors_skip_our_pseudonyms_and_redactions() {
     // ssn detector would fire on it if tokens were scanned.
     let crafted = format!("pse:{}:AAAA-123456789-AAAAAAA", p.keyid());
     assert!(p.is_token(&crafted));
+    // One character more or less is not a token.
+    assert!(!p.is_token(&format!("{crafted}A")));
+    assert!(!p.is_token(&crafted[..crafted.len() - 1]));
     let (v, rep) = mask_with(set, json!({"free": crafted.clone(), "r": REDACTED}));
     assert_eq!(v, json!({"free": crafted, "r": REDACTED}));
     assert_eq!(rep.count, 0);
