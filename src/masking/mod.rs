@@ -22,6 +22,8 @@ mod finders;
 pub mod gather;
 mod measure;
 pub mod path;
+#[cfg(target_arch = "x86_64")]
+mod sha_ni;
 mod stream;
 pub(crate) use stream::needs_escape;
 #[cfg(test)]
