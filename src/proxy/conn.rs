@@ -111,19 +111,20 @@ impl Connection {
     }
 
     /// A timer that fires at `deadline`: the kept one if it is free (h2's concurrent
-    /// streams may find it taken), else a new one. Give it back with `give_timer`.
-    pub fn timer(&self, deadline: Instant) -> Pin<Box<Sleep>> {
-        match lock(&self.timer).take() {
+    /// streams may find it taken), else a new one. It goes back to the connection when
+    /// dropped, whichever way the request ends.
+    pub fn timer(&self, deadline: Instant) -> KeptTimer<'_> {
+        let sleep = match lock(&self.timer).take() {
             Some(mut t) => {
                 t.as_mut().reset(deadline);
                 t
             }
             None => Box::pin(tokio::time::sleep_until(deadline)),
+        };
+        KeptTimer {
+            conn: self,
+            sleep: Some(sleep),
         }
-    }
-
-    pub fn give_timer(&self, t: Pin<Box<Sleep>>) {
-        *lock(&self.timer) = Some(t);
     }
 
     /// The current snapshot, as this connection holds it: the one it already holds while no
@@ -171,5 +172,38 @@ impl Connection {
 
     pub fn remember(&self, caller: Arc<Caller>) {
         *lock(&self.caller) = Some(caller);
+    }
+}
+
+/// A request's upstream deadline, lent by its connection (`Connection::timer`).
+pub struct KeptTimer<'c> {
+    conn: &'c Connection,
+    /// Always `Some` until dropped.
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl KeptTimer<'_> {
+    fn sleep(&mut self) -> Pin<&mut Sleep> {
+        self.sleep.as_mut().expect("held until dropped").as_mut()
+    }
+
+    pub fn reset(&mut self, deadline: Instant) {
+        self.sleep().reset(deadline);
+    }
+}
+
+impl std::future::Future for KeptTimer<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        self.get_mut().sleep().poll(cx)
+    }
+}
+
+impl Drop for KeptTimer<'_> {
+    fn drop(&mut self) {
+        // A fired timer is kept too: its next reset registers it again.
+        if let Some(t) = self.sleep.take() {
+            *lock(&self.conn.timer) = Some(t);
+        }
     }
 }

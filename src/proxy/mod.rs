@@ -375,7 +375,8 @@ impl Gateway {
         *out.version_mut() = Version::HTTP_11;
 
         // The response head within the upstream timeout, counted from the request's start;
-        // a masked body within it again once the head is in.
+        // a masked body within it again once the head is in. The timer goes back to the
+        // connection when this returns.
         let mut timer = conn.timer((ctx.started + us.timeout).into());
         let sent = tokio::select! {
             biased;
@@ -384,12 +385,10 @@ impl Gateway {
         };
         let (resp, lease) = match sent {
             _ if too_large.is_some_and(|f| f.load(Ordering::Relaxed)) => {
-                conn.give_timer(timer);
-                return Err(GatewayError::PayloadTooLarge);
+                return Err(GatewayError::PayloadTooLarge)
             }
             None => return Err(GatewayError::UpstreamTimeout),
             Some(Err(e)) => {
-                conn.give_timer(timer);
                 tracing::warn!(upstream = %us.name, error = %e, "upstream request failed");
                 return Err(GatewayError::UpstreamUnavailable);
             }
@@ -402,7 +401,6 @@ impl Gateway {
         let resp = Response::from_parts(parts, body);
         match ctx.mask().cloned() {
             None => {
-                conn.give_timer(timer);
                 // Passed through as it streams: a failure after this point can only break
                 // the response (never complete it), and is audited on its own record.
                 // Through the connection: a clone of the gateway's own `Arc` would touch a
@@ -438,15 +436,12 @@ impl Gateway {
                 };
                 // The whole body must arrive within the upstream timeout to be masked.
                 // Boxed: kept out of the passthrough request's future (see `Upstream::send`).
-                timer
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + us.timeout);
+                timer.reset(tokio::time::Instant::now() + us.timeout);
                 let filtered = tokio::select! {
                     biased;
                     r = Box::pin(job.run(resp)) => r?,
                     _ = &mut timer => return Err(GatewayError::UpstreamTimeout),
                 };
-                conn.give_timer(timer);
                 // `run` read the body to its end (or streams it: then it is not given back).
                 if let Some(l) = lease.filter(|_| filtered.body_read_whole) {
                     l.give_back();
