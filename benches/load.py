@@ -157,6 +157,8 @@ def main():
     ap.add_argument("--peers", default=os.environ.get("BENCH_PEERS", os.path.join(REPO, "..", "shared", "bench-peers")))
     ap.add_argument("--out", default="/tmp/phigate-load")
     ap.add_argument("--audit", default="file", choices=["file", "discard"])
+    ap.add_argument("--keep-audit", action="store_true",
+                    help="keep the gateways' audit logs (a full run appends ~20 GB; removed by default)")
     ap.add_argument("--fields", default="bench", choices=["bench", "patient"],
                     help="the set phigate_masked masks with (phigate_example always masks with `patient`; "
                          "it is left out when this is `patient` too)")
@@ -281,6 +283,14 @@ def main():
                 g.wait(10)
             except subprocess.TimeoutExpired:
                 g.kill()
+        # The audit files are written for realism (the sink's cost is part of the figures), not
+        # kept: a full run appends tens of GB and once filled this host's disk.
+        for d in (gw_dir, gw_dir + "-example", gw_dir + "-idle"):
+            f = os.path.join(d, "audit.jsonl")
+            if os.path.exists(f):
+                log(f"audit log {f}: {os.path.getsize(f) / 2**20:.0f} MiB" + ("" if a.keep_audit else ", removed"))
+                if not a.keep_audit:
+                    os.remove(f)
     report(results, extras, sizes, conns, a)
 
 
