@@ -246,6 +246,28 @@ def main():
                 half.setdefault(t, []).append(run_h2load_rate(url.format(f="small"), h, rate, max(5, a.duration)))
             extras["half_peak"] = {"peak_rps": peak, "rate": rate,
                                    **{t: {k: med([x[k] for x in v]) for k in v[0]} for t, v in half.items()}}
+            # Mixed traffic: the same fixed 1 KB rate through phigate alone and beside two
+            # connections fetching 1 MB masked bodies, which are masked off the workers (a
+            # ~1 ms mask on a worker would hold up every connection it serves).
+            if "large" in sizes:
+                url, h, _ = spec["phigate_pass"]
+                murl, mh, _ = spec["phigate_masked"]
+                mixed = {}
+                for rep in range(2):
+                    for kind in (["alone", "beside"] if rep == 0 else ["beside", "alone"]):
+                        bg = None
+                        if kind == "beside":
+                            bg = subprocess.Popen(["wrk", "-t1", "-c2", f"-d{max(5, a.duration) + 3}s", "-H", mh,
+                                                   murl.format(f="large")], stdout=subprocess.PIPE, text=True)
+                            time.sleep(1)
+                        r = run_h2load_rate(url.format(f="small"), h, 4000, max(5, a.duration))
+                        if bg:
+                            out = bg.communicate()[0]
+                            r["bg_rps"] = float(next((l.split()[1] for l in out.splitlines() if "Requests/sec" in l), 0))
+                        mixed.setdefault(kind, []).append(r)
+                        log(f"mixed rep {rep + 1} 1 KB at 4000/s {kind:<6} p50 {fmt_us(r['p50']):>9}  p99 {fmt_us(r['p99']):>9}"
+                            + (f"  (1 MB masked {r['bg_rps']:.0f} req/s)" if bg else ""))
+                extras["mixed"] = {k: {f: med([x[f] for x in v]) for f in v[0]} for k, v in mixed.items()}
             # HTTP/2 (h2load, 1 KB and 64 KB): peer D against phigate, same run.
             h2 = {}
             for rep in range(2):
@@ -379,6 +401,13 @@ def report(results, extras, sizes, conns, a):
             lines.append(f"| {t} | {fmt_us(x['p50'])} | {fmt_us(x['p99'])} | {fmt_us(x['p999'])} | {x['ok']:.0f}/{x['all']:.0f} |")
         lines.append(f"\nAdded p99 over the upstream alone: phigate {fmt_us(hp['phigate_pass']['p99'] - hp['upstream']['p99'])}, "
                      f"nginx proxy {fmt_us(hp['nginx_proxy']['p99'] - hp['upstream']['p99'])}")
+    mx = extras.get("mixed")
+    if mx:
+        lines += ["", "## Mixed traffic, 1 KB passthrough at 4,000 req/s (h2load --h1, 10 clients, open loop; medians of 2)", "",
+                  "| 1 KB requests | p50 | p99 | p99.9 | ok/all |", "|---|---|---|---|---|"]
+        for k, label in (("alone", "alone"), ("beside", f"beside 2 connections of 1 MB masked ({mx['beside']['bg_rps']:.0f} req/s)")):
+            x = mx[k]
+            lines.append(f"| {label} | {fmt_us(x['p50'])} | {fmt_us(x['p99'])} | {fmt_us(x['p999'])} | {x['ok']:.0f}/{x['all']:.0f} |")
     h2 = extras.get("h2")
     if h2:
         lines += ["", "## HTTP/2 (h2load, 8 connections x 10 streams, TLS; medians of 2)", "",
