@@ -77,6 +77,11 @@ impl Running {
         self.workers.alive_tasks()
     }
 
+    /// Reopens the audit file at its path (SIGHUP: after a rotation that renamed it).
+    pub fn reopen_audit(&self) {
+        self.gateway.audit.reopen();
+    }
+
     /// Reloads the rules now (SIGHUP), even if the files look unchanged.
     pub async fn reload(&self, trigger: &'static str) -> Result<bool, String> {
         let h = self.rules_handle.clone();

@@ -23,6 +23,9 @@ const BATCH_WINDOW: Duration = Duration::from_millis(10);
 const MAX_PENDING_BYTES: usize = 8 << 20;
 /// The longest `flush` waits for the writer.
 const FLUSH_WAIT: Duration = Duration::from_secs(10);
+/// How often a file sink's path is compared with the file being written: a log rotated by
+/// renaming or deleting it (logrotate's default) is followed within this, without a signal.
+const ROTATION_CHECK: Duration = Duration::from_secs(1);
 
 /// The audit record of a finished request (field order is the line's order).
 #[derive(Serialize)]
@@ -346,6 +349,8 @@ struct Shared {
     /// only a waiting writer is woken (once per batch, not per record).
     writer_idle: AtomicBool,
     closed: AtomicBool,
+    /// A reopen of the file sink was asked for (SIGHUP): done before the next write.
+    reopen: AtomicBool,
     failures: AtomicU64,
     written: AtomicU64,
 }
@@ -388,14 +393,9 @@ impl Shared {
 
 impl AuditLog {
     pub fn open(sink: &AuditSink) -> std::io::Result<AuditLog> {
-        let out: Option<Box<dyn Write + Send>> = match sink {
-            AuditSink::Stdout => Some(Box::new(std::io::stdout())),
-            AuditSink::File(p) => Some(Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)?,
-            )),
+        let out = match sink {
+            AuditSink::Stdout => Some(Target::Stream(Box::new(std::io::stdout()))),
+            AuditSink::File(p) => Some(Target::File(AuditFile::open(p.clone())?)),
             AuditSink::Discard => None,
         };
         let shared = Arc::new(Shared {
@@ -405,6 +405,7 @@ impl AuditLog {
             progress: Condvar::new(),
             writer_idle: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            reopen: AtomicBool::new(false),
             failures: AtomicU64::new(0),
             written: AtomicU64::new(0),
         });
@@ -432,6 +433,18 @@ impl AuditLog {
 
     pub fn written(&self) -> u64 {
         self.shared.written.load(Ordering::Relaxed)
+    }
+
+    /// Reopens a file sink at its path before the next write (SIGHUP, after a rotation
+    /// that renamed the file). Records handed in before this call may still go to the old
+    /// file; none is lost or split.
+    pub fn reopen(&self) {
+        let sh = &*self.shared;
+        sh.reopen.store(true, Ordering::SeqCst);
+        let _ctl = lock(&sh.ctl);
+        if sh.writer_idle.swap(false, Ordering::SeqCst) {
+            sh.more.notify_one();
+        }
     }
 
     /// Appends one record; it is written within about `BATCH_WINDOW`.
@@ -578,7 +591,7 @@ impl Drop for AuditLog {
 /// last look at the buffers, and a producer reads the mark *after* its record is in. So
 /// either the writer's look finds the record, or the producer finds the mark and, under
 /// `ctl` (held by the writer until it waits), wakes it.
-fn write_loop(sh: &Shared, mut out: Box<dyn Write + Send>) {
+fn write_loop(sh: &Shared, mut out: Target) {
     // Each buffer's twin: the writer swaps a buffer out (no copy under its lock) and hands
     // back the twin it wrote last time, emptied.
     let mut twins: Vec<Vec<u8>> = (0..SHARDS).map(|_| Vec::new()).collect();
@@ -587,7 +600,7 @@ fn write_loop(sh: &Shared, mut out: Box<dyn Write + Send>) {
         {
             let mut ctl = lock(&sh.ctl);
             loop {
-                if sh.any_pending() {
+                if sh.any_pending() || sh.reopen.load(Ordering::SeqCst) {
                     break;
                 }
                 if sh.closed.load(Ordering::SeqCst) {
@@ -599,7 +612,7 @@ fn write_loop(sh: &Shared, mut out: Box<dyn Write + Send>) {
                     return;
                 }
                 sh.writer_idle.store(true, Ordering::SeqCst);
-                if sh.any_pending() {
+                if sh.any_pending() || sh.reopen.load(Ordering::SeqCst) {
                     sh.writer_idle.store(false, Ordering::SeqCst);
                     break;
                 }
@@ -619,7 +632,17 @@ fn write_loop(sh: &Shared, mut out: Box<dyn Write + Send>) {
         }
         // Room again for producers held back by a slow disk.
         sh.wake_waiters(&lock(&sh.ctl));
-        match write_all_vectored(&mut *out, &twins).and_then(|()| out.flush()) {
+        // Before the batch: a rotation asked for or seen goes first, so this batch lands
+        // in the new file.
+        let lost = out.follow_rotation(sh.reopen.swap(false, Ordering::SeqCst));
+        let result = if lost {
+            Err(std::io::Error::other(
+                "the audit file was deleted and could not be created again",
+            ))
+        } else {
+            write_all_vectored(out.writer(), &twins).and_then(|()| out.writer().flush())
+        };
+        match result {
             Ok(()) => {
                 sh.written.fetch_add(records, Ordering::Relaxed);
             }
@@ -638,6 +661,123 @@ fn write_loop(sh: &Shared, mut out: Box<dyn Write + Send>) {
         let mut ctl = lock(&sh.ctl);
         ctl.settled = upto;
         sh.wake_waiters(&ctl);
+    }
+}
+
+/// Where the writer thread writes.
+enum Target {
+    Stream(Box<dyn Write + Send>),
+    File(AuditFile),
+}
+
+impl Target {
+    fn writer(&mut self) -> &mut dyn Write {
+        match self {
+            Target::Stream(w) => &mut **w,
+            Target::File(f) => &mut f.file,
+        }
+    }
+
+    /// Follows a rotation of a file sink (asked for, or seen at the path); true when the
+    /// file being written is gone and no new one could be made (records would be lost).
+    fn follow_rotation(&mut self, asked: bool) -> bool {
+        match self {
+            Target::Stream(_) => false,
+            Target::File(f) => f.follow_rotation(asked),
+        }
+    }
+}
+
+/// An audit file, opened for append, and what identifies it at its path.
+struct AuditFile {
+    path: PathBuf,
+    file: std::fs::File,
+    id: Option<FileId>,
+    checked: std::time::Instant,
+    /// Deleted, and not made again: what is written to it reaches no one.
+    lost: bool,
+}
+
+/// Device and inode: a renamed or replaced file has another one at the path.
+type FileId = (u64, u64);
+
+#[cfg(unix)]
+fn file_id(m: &std::fs::Metadata) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    Some((m.dev(), m.ino()))
+}
+
+#[cfg(not(unix))]
+fn file_id(_: &std::fs::Metadata) -> Option<FileId> {
+    None
+}
+
+/// Whether the open file has no name left (deleted): what is written to it is lost.
+#[cfg(unix)]
+fn unlinked(f: &std::fs::File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    f.metadata().is_ok_and(|m| m.nlink() == 0)
+}
+
+#[cfg(not(unix))]
+fn unlinked(_: &std::fs::File) -> bool {
+    false
+}
+
+impl AuditFile {
+    fn open(path: PathBuf) -> std::io::Result<AuditFile> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?;
+        let id = file.metadata().ok().as_ref().and_then(file_id);
+        Ok(AuditFile {
+            path,
+            file,
+            id,
+            checked: std::time::Instant::now(),
+            lost: false,
+        })
+    }
+
+    /// Reopens the path when asked to, or when (checked at most every `ROTATION_CHECK`)
+    /// the file there is not the one being written: renamed, deleted or replaced. True while
+    /// the file being written has been deleted and no new one could be made (then every
+    /// batch tries again).
+    fn follow_rotation(&mut self, asked: bool) -> bool {
+        let due = asked || self.lost || self.checked.elapsed() >= ROTATION_CHECK;
+        if !due {
+            return false;
+        }
+        self.checked = std::time::Instant::now();
+        let moved = asked
+            || self.lost
+            || match std::fs::metadata(&self.path) {
+                Ok(m) => file_id(&m) != self.id,
+                Err(_) => true,
+            };
+        if !moved {
+            return false;
+        }
+        let trigger = if asked { "signal" } else { "rotated" };
+        let opened = AuditFile::open(self.path.clone()).and_then(|mut new| {
+            // The new file says why it starts here: an auditor sees the chain unbroken.
+            let line = json!({"type": "audit_reopen", "ts": humantime_now(), "trigger": trigger});
+            new.file.write_all(format!("{line}\n").as_bytes())?;
+            Ok(new)
+        });
+        match opened {
+            Ok(new) => {
+                *self = new;
+                tracing::info!(path = %self.path.display(), trigger, "audit file reopened");
+            }
+            Err(e) => {
+                self.lost = unlinked(&self.file);
+                tracing::error!(error = %e, path = %self.path.display(), lost = self.lost,
+                    "audit file could not be reopened");
+            }
+        }
+        self.lost
     }
 }
 
@@ -912,6 +1052,122 @@ mod tests {
         log.flush();
         assert_eq!(log.failures(), 3);
         assert_eq!(log.written(), 0);
+    }
+
+    /// What each line of the file at `p` says: `n` of a test record, or the reopen trigger.
+    fn marks(p: &std::path::Path) -> Vec<String> {
+        lines(p)
+            .iter()
+            .map(|l| match l.get("type").and_then(|t| t.as_str()) {
+                Some("audit_reopen") => format!("reopen:{}", l["trigger"].as_str().unwrap()),
+                _ => format!("n{}", l["n"]),
+            })
+            .collect()
+    }
+
+    fn rotation_check_passes() {
+        std::thread::sleep(super::ROTATION_CHECK + std::time::Duration::from_millis(150));
+    }
+
+    #[test]
+    fn a_renamed_file_is_followed_without_a_signal() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(&AuditSink::File(p.clone())).unwrap();
+        log.write(&serde_json::json!({ "n": 1 }));
+        log.flush();
+        let old = dir.path().join("audit.jsonl.1");
+        std::fs::rename(&p, &old).unwrap();
+        rotation_check_passes();
+        log.write(&serde_json::json!({ "n": 2 }));
+        log.write(&serde_json::json!({ "n": 3 }));
+        log.flush();
+        assert_eq!(marks(&old), ["n1"]);
+        assert_eq!(marks(&p), ["reopen:rotated", "n2", "n3"]);
+        assert_eq!((log.written(), log.failures()), (3, 0));
+    }
+
+    #[test]
+    fn reopen_moves_the_next_records_to_the_new_file_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(&AuditSink::File(p.clone())).unwrap();
+        log.write(&serde_json::json!({ "n": 1 }));
+        log.flush();
+        let old = dir.path().join("audit.jsonl.1");
+        std::fs::rename(&p, &old).unwrap();
+        log.reopen();
+        log.write(&serde_json::json!({ "n": 2 }));
+        log.flush();
+        assert_eq!(marks(&old), ["n1"]);
+        assert_eq!(marks(&p), ["reopen:signal", "n2"]);
+    }
+
+    #[test]
+    fn a_deleted_file_is_created_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(&AuditSink::File(p.clone())).unwrap();
+        log.write(&serde_json::json!({ "n": 1 }));
+        log.flush();
+        std::fs::remove_file(&p).unwrap();
+        rotation_check_passes();
+        log.write(&serde_json::json!({ "n": 2 }));
+        log.flush();
+        assert_eq!(marks(&p), ["reopen:rotated", "n2"]);
+        assert_eq!(log.failures(), 0);
+    }
+
+    #[test]
+    fn an_unchanged_file_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(&AuditSink::File(p.clone())).unwrap();
+        log.write(&serde_json::json!({ "n": 1 }));
+        log.flush();
+        rotation_check_passes();
+        log.write(&serde_json::json!({ "n": 2 }));
+        log.flush();
+        assert_eq!(marks(&p), ["n1", "n2"]);
+    }
+
+    #[test]
+    fn records_for_a_deleted_file_that_cannot_be_made_again_are_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().join("logs");
+        std::fs::create_dir(&logs).unwrap();
+        let p = logs.join("audit.jsonl");
+        let log = AuditLog::open(&AuditSink::File(p.clone())).unwrap();
+        log.write(&serde_json::json!({ "n": 1 }));
+        log.flush();
+        std::fs::remove_dir_all(&logs).unwrap();
+        log.reopen();
+        log.write(&serde_json::json!({ "n": 2 }));
+        log.write(&serde_json::json!({ "n": 3 }));
+        log.flush();
+        assert_eq!((log.written(), log.failures()), (1, 2));
+        // Every batch tries again (not only once a second) until the path can be made.
+        log.write(&serde_json::json!({ "n": 4 }));
+        log.flush();
+        assert_eq!((log.written(), log.failures()), (1, 3));
+        std::fs::create_dir(&logs).unwrap();
+        log.write(&serde_json::json!({ "n": 5 }));
+        log.flush();
+        assert_eq!((log.written(), log.failures()), (2, 3));
+        assert_eq!(marks(&p), ["reopen:rotated", "n5"]);
+        std::fs::remove_dir_all(&logs).unwrap();
+        // A renamed file that cannot be followed still gets the records: nothing is lost.
+        std::fs::create_dir(&logs).unwrap();
+        let q = logs.join("audit.jsonl");
+        let log2 = AuditLog::open(&AuditSink::File(q.clone())).unwrap();
+        let moved = dir.path().join("moved.jsonl");
+        std::fs::rename(&q, &moved).unwrap();
+        std::fs::remove_dir_all(&logs).unwrap();
+        log2.reopen();
+        log2.write(&serde_json::json!({ "n": 4 }));
+        log2.flush();
+        assert_eq!((log2.written(), log2.failures()), (1, 0));
+        assert_eq!(marks(&moved), ["n4"]);
     }
 
     #[test]

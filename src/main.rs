@@ -56,7 +56,7 @@ enum Command {
         #[arg(long, default_value = "certs/dev")]
         certs: PathBuf,
     },
-    /// Run the gateway (SIGHUP reloads the rules; SIGTERM/SIGINT drain and stop).
+    /// Run the gateway (SIGHUP reloads the rules and reopens the audit file; SIGTERM/SIGINT drain and stop).
     Serve {
         #[arg(long, default_value = "phigate.yaml")]
         config: PathBuf,
@@ -204,6 +204,8 @@ fn serve(config: &Path) -> Result<ExitCode, ExitCode> {
             let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
             let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
             while next_signal(&mut hup, &mut term).await {
+                // The audit file first: the reload's own record lands in the new file.
+                running.reopen_audit();
                 let _ = running.reload("sighup").await;
             }
         }

@@ -246,7 +246,17 @@ async fn serve_reloads_on_sighup_and_drains_on_sigterm() {
     .await;
     assert!(up.is_some(), "the gateway did not come up");
 
-    // SIGHUP: a forced reload, recorded with its trigger.
+    // SIGHUP after a rotation that renamed the audit file: the file is reopened at its
+    // path, then the rules are reloaded (forced), recorded with its trigger in the new file.
+    let rotated = tmp.path().join("audit.log.1");
+    let started = eventually(Duration::from_secs(5), || async {
+        std::fs::read_to_string(&audit)
+            .unwrap_or_default()
+            .contains("\"trigger\":\"start\"")
+    })
+    .await;
+    assert!(started.is_some(), "no start record in the audit log");
+    std::fs::rename(&audit, &rotated).unwrap();
     signal(child.id(), "-HUP");
     let reloaded = eventually(Duration::from_secs(5), || async {
         std::fs::read_to_string(&audit)
@@ -254,7 +264,15 @@ async fn serve_reloads_on_sighup_and_drains_on_sigterm() {
             .contains("\"trigger\":\"sighup\"")
     })
     .await;
-    assert!(reloaded.is_some(), "no sighup reload in the audit log");
+    assert!(reloaded.is_some(), "no sighup reload in the new audit file");
+    let new_file = std::fs::read_to_string(&audit).unwrap();
+    assert!(
+        new_file.starts_with("{\"type\":\"audit_reopen\"")
+            && new_file.contains("\"trigger\":\"signal\""),
+        "the new file starts with its reopen record, the signal's: {new_file}"
+    );
+    let old_file = std::fs::read_to_string(&rotated).unwrap();
+    assert!(old_file.contains("\"trigger\":\"start\"") && !old_file.contains("sighup"));
     let st: serde_json::Value =
         serde_json::from_str(&admin_get(admin_addr, "/status", None).await.1).unwrap();
     assert_eq!(st["generation"], 2);
