@@ -1069,19 +1069,30 @@ mod tests {
         std::thread::sleep(super::ROTATION_CHECK + std::time::Duration::from_millis(150));
     }
 
+    /// Writes a record `{"n": n}` per number, then waits until they are written.
+    fn put(log: &AuditLog, ns: &[u32]) {
+        for n in ns {
+            log.write(&serde_json::json!({ "n": n }));
+        }
+        log.flush();
+    }
+
+    /// A log at `dir`/audit.jsonl that already holds record 1.
+    fn log_with_one(dir: &std::path::Path) -> (std::path::PathBuf, AuditLog) {
+        let p = dir.join("audit.jsonl");
+        let log = AuditLog::open(&AuditSink::File(p.clone())).unwrap();
+        put(&log, &[1]);
+        (p, log)
+    }
+
     #[test]
     fn a_renamed_file_is_followed_without_a_signal() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("audit.jsonl");
-        let log = AuditLog::open(&AuditSink::File(p.clone())).unwrap();
-        log.write(&serde_json::json!({ "n": 1 }));
-        log.flush();
+        let (p, log) = log_with_one(dir.path());
         let old = dir.path().join("audit.jsonl.1");
         std::fs::rename(&p, &old).unwrap();
         rotation_check_passes();
-        log.write(&serde_json::json!({ "n": 2 }));
-        log.write(&serde_json::json!({ "n": 3 }));
-        log.flush();
+        put(&log, &[2, 3]);
         assert_eq!(marks(&old), ["n1"]);
         assert_eq!(marks(&p), ["reopen:rotated", "n2", "n3"]);
         assert_eq!((log.written(), log.failures()), (3, 0));
@@ -1090,15 +1101,11 @@ mod tests {
     #[test]
     fn reopen_moves_the_next_records_to_the_new_file_at_once() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("audit.jsonl");
-        let log = AuditLog::open(&AuditSink::File(p.clone())).unwrap();
-        log.write(&serde_json::json!({ "n": 1 }));
-        log.flush();
+        let (p, log) = log_with_one(dir.path());
         let old = dir.path().join("audit.jsonl.1");
         std::fs::rename(&p, &old).unwrap();
         log.reopen();
-        log.write(&serde_json::json!({ "n": 2 }));
-        log.flush();
+        put(&log, &[2]);
         assert_eq!(marks(&old), ["n1"]);
         assert_eq!(marks(&p), ["reopen:signal", "n2"]);
     }
@@ -1106,14 +1113,10 @@ mod tests {
     #[test]
     fn a_deleted_file_is_created_again() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("audit.jsonl");
-        let log = AuditLog::open(&AuditSink::File(p.clone())).unwrap();
-        log.write(&serde_json::json!({ "n": 1 }));
-        log.flush();
+        let (p, log) = log_with_one(dir.path());
         std::fs::remove_file(&p).unwrap();
         rotation_check_passes();
-        log.write(&serde_json::json!({ "n": 2 }));
-        log.flush();
+        put(&log, &[2]);
         assert_eq!(marks(&p), ["reopen:rotated", "n2"]);
         assert_eq!(log.failures(), 0);
     }
@@ -1121,13 +1124,9 @@ mod tests {
     #[test]
     fn an_unchanged_file_is_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("audit.jsonl");
-        let log = AuditLog::open(&AuditSink::File(p.clone())).unwrap();
-        log.write(&serde_json::json!({ "n": 1 }));
-        log.flush();
+        let (p, log) = log_with_one(dir.path());
         rotation_check_passes();
-        log.write(&serde_json::json!({ "n": 2 }));
-        log.flush();
+        put(&log, &[2]);
         assert_eq!(marks(&p), ["n1", "n2"]);
     }
 
@@ -1136,38 +1135,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let logs = dir.path().join("logs");
         std::fs::create_dir(&logs).unwrap();
-        let p = logs.join("audit.jsonl");
-        let log = AuditLog::open(&AuditSink::File(p.clone())).unwrap();
-        log.write(&serde_json::json!({ "n": 1 }));
-        log.flush();
+        let (p, log) = log_with_one(&logs);
         std::fs::remove_dir_all(&logs).unwrap();
         log.reopen();
-        log.write(&serde_json::json!({ "n": 2 }));
-        log.write(&serde_json::json!({ "n": 3 }));
-        log.flush();
+        put(&log, &[2, 3]);
         assert_eq!((log.written(), log.failures()), (1, 2));
         // Every batch tries again (not only once a second) until the path can be made.
-        log.write(&serde_json::json!({ "n": 4 }));
-        log.flush();
+        put(&log, &[4]);
         assert_eq!((log.written(), log.failures()), (1, 3));
         std::fs::create_dir(&logs).unwrap();
-        log.write(&serde_json::json!({ "n": 5 }));
-        log.flush();
+        put(&log, &[5]);
         assert_eq!((log.written(), log.failures()), (2, 3));
         assert_eq!(marks(&p), ["reopen:rotated", "n5"]);
-        std::fs::remove_dir_all(&logs).unwrap();
         // A renamed file that cannot be followed still gets the records: nothing is lost.
+        std::fs::remove_dir_all(&logs).unwrap();
         std::fs::create_dir(&logs).unwrap();
-        let q = logs.join("audit.jsonl");
-        let log2 = AuditLog::open(&AuditSink::File(q.clone())).unwrap();
+        let (q, log2) = log_with_one(&logs);
         let moved = dir.path().join("moved.jsonl");
         std::fs::rename(&q, &moved).unwrap();
         std::fs::remove_dir_all(&logs).unwrap();
         log2.reopen();
-        log2.write(&serde_json::json!({ "n": 4 }));
-        log2.flush();
-        assert_eq!((log2.written(), log2.failures()), (1, 0));
-        assert_eq!(marks(&moved), ["n4"]);
+        put(&log2, &[6]);
+        assert_eq!((log2.written(), log2.failures()), (2, 0));
+        assert_eq!(marks(&moved), ["n1", "n6"]);
     }
 
     #[test]
