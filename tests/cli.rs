@@ -223,6 +223,17 @@ fn signal(pid: u32, sig: &str) {
         .success());
 }
 
+/// Whether the file at `path` holds `needle` within 5 s.
+async fn file_comes_to_hold(path: &Path, needle: &str) -> bool {
+    eventually(Duration::from_secs(5), || async {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .contains(needle)
+    })
+    .await
+    .is_some()
+}
+
 #[tokio::test]
 async fn serve_reloads_on_sighup_and_drains_on_sigterm() {
     let tmp = tempfile::tempdir().unwrap();
@@ -249,22 +260,16 @@ async fn serve_reloads_on_sighup_and_drains_on_sigterm() {
     // SIGHUP after a rotation that renamed the audit file: the file is reopened at its
     // path, then the rules are reloaded (forced), recorded with its trigger in the new file.
     let rotated = tmp.path().join("audit.log.1");
-    let started = eventually(Duration::from_secs(5), || async {
-        std::fs::read_to_string(&audit)
-            .unwrap_or_default()
-            .contains("\"trigger\":\"start\"")
-    })
-    .await;
-    assert!(started.is_some(), "no start record in the audit log");
+    assert!(
+        file_comes_to_hold(&audit, "\"trigger\":\"start\"").await,
+        "no start record in the audit log"
+    );
     std::fs::rename(&audit, &rotated).unwrap();
     signal(child.id(), "-HUP");
-    let reloaded = eventually(Duration::from_secs(5), || async {
-        std::fs::read_to_string(&audit)
-            .unwrap_or_default()
-            .contains("\"trigger\":\"sighup\"")
-    })
-    .await;
-    assert!(reloaded.is_some(), "no sighup reload in the new audit file");
+    assert!(
+        file_comes_to_hold(&audit, "\"trigger\":\"sighup\"").await,
+        "no sighup reload in the new audit file"
+    );
     let new_file = std::fs::read_to_string(&audit).unwrap();
     assert!(
         new_file.starts_with("{\"type\":\"audit_reopen\"")
